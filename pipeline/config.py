@@ -1,0 +1,141 @@
+"""The typed config file (`casewatch.yaml`) and runtime settings from the environment.
+
+The file says *what* Casewatch does (topics, limits, clocks, rules, handlers, routes); the
+environment says *where* it runs (brokers, secrets, ports, state directory). The whole file is
+validated at load and every problem is reported with the file, the path inside it and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "casewatch.yaml"
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90s`, `5m`, `4h`, `30d`, `1h30m`, or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration: write a number and a unit, e.g. 90s, 5m, 4h, 30d")
+    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+Duration: TypeAlias = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineSettings(_Section):
+    """How the pipeline runs: group id, partitions, clocks and limits."""
+
+    app_id: str = Field(default="casewatch", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    partitions: int = Field(default=6, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=10)
+    allowed_lateness: Duration = timedelta(minutes=5)
+    idle_after: Duration = timedelta(seconds=1)
+    dedupe_window: Duration = timedelta(days=7)
+    dedupe_max_ids: int = Field(default=256, ge=1, le=100_000)
+    max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+
+class TopicSettings(_Section):
+    """Topic names (the contract's defaults) and how long topics keep data."""
+
+    interactions: str = "casewatch.interactions"
+    orders: str = "casewatch.orders"
+    resolutions: str = "casewatch.resolutions"
+    exceptions: str = "casewatch.exceptions"
+    dlq: str = "casewatch.dlq"
+    handler_prefix: str = "casewatch.handler."
+    retention: Duration = timedelta(days=7)
+    dlq_retention: Duration = timedelta(days=30)
+
+
+class Config(_Section):
+    """The whole config file."""
+
+    version: Literal[1] = 1
+    pipeline: PipelineSettings = PipelineSettings()
+    topics: TopicSettings = TopicSettings()
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate the config file; `ConfigError` lists every problem found."""
+    file = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(file), [_yaml_problem(exc)]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(file), ["(top level): expected a mapping of sections, e.g. 'pipeline:'"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(file), [_problem(e) for e in exc.errors(include_url=False)]) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+    what = getattr(exc, "problem", None) or str(exc)
+    return f"{where}: not valid YAML ({what}): check the indentation and quoting there"
+
+
+def _problem(err: Any) -> str:
+    path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key: remove it or check its spelling"
+    if kind == "missing":
+        return f"{path}: required key is missing: add it"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg}"
+
+
+class Runtime(BaseModel):
+    """Where this process runs, from the environment (never from the rules file)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    config_path: str | None = None
+    metrics_port: int = 9464
+    state_dir: str = "./casewatch-data"
+    store: str = "memory://"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Runtime:
+        """Read `KAFKA_BOOTSTRAP_SERVERS` and the `CASEWATCH_*` variables."""
+        e = os.environ if env is None else env
+        fields: dict[str, Any] = {
+            "bootstrap_servers": e.get("KAFKA_BOOTSTRAP_SERVERS"),
+            "config_path": e.get("CASEWATCH_CONFIG"),
+            "metrics_port": e.get("CASEWATCH_METRICS_PORT"),
+            "state_dir": e.get("CASEWATCH_STATE_DIR"),
+            "store": e.get("CASEWATCH_STORE"),
+        }
+        return cls.model_validate({k: v for k, v in fields.items() if v})

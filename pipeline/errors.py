@@ -1,0 +1,53 @@
+"""Every error Casewatch raises on purpose, in one tree.
+
+    CasewatchError
+    ├── ConfigError            the rules file is invalid: file, path inside it, and the fix
+    ├── InvalidEvent           an input message cannot be an event; goes to the dead-letter topic
+    └── SinkError              an output could not be written
+        ├── RetryableSinkError     a broker or network hiccup: the same write may succeed later
+        └── FatalSinkError         the write can never succeed as is (authorisation, record too big)
+
+Whether a sink error is worth retrying is carried by its type, not by its message.
+"""
+
+from __future__ import annotations
+
+
+class CasewatchError(Exception):
+    """The root of every error Casewatch raises on purpose."""
+
+
+class ConfigError(CasewatchError):
+    """The config file is invalid. Each problem names the file, the place and the fix."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(f"{file}: {count}:\n{lines}")
+
+
+class InvalidEvent(CasewatchError):
+    """A message that is not a valid event.
+
+    `reason` is the sentence a person reads on the dead-letter record; `error_class`
+    is a short stable code (`json_invalid`, `field_missing`, ...) to group and count by.
+    """
+
+    def __init__(self, reason: str, error_class: str) -> None:
+        self.reason = reason
+        self.error_class = error_class
+        super().__init__(reason)
+
+
+class SinkError(CasewatchError):
+    """An output could not be written."""
+
+
+class RetryableSinkError(SinkError):
+    """A transient failure: the same write may succeed if tried again."""
+
+
+class FatalSinkError(SinkError):
+    """A permanent failure: retrying the same write cannot succeed."""

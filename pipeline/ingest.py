@@ -1,0 +1,165 @@
+"""Raw message bytes to a validated event, or an `InvalidEvent` with a reason a person can act on.
+
+One pass of pydantic-core's JSON parser validates and builds the event (no separate json.loads).
+Only when that fails do we look closer at the bytes, to say *why* in plain words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.errors import InvalidEvent
+from pipeline.models import EVENT_TYPES, Event
+
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+EXAMPLE_TIME = "2026-03-01T10:00:00Z"
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+_TYPES = ", ".join(EVENT_TYPES)
+
+
+def parse_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
+    """Validate one message value. Raises `InvalidEvent` (reason + class) when it is not an event."""
+    if not value:
+        raise InvalidEvent(
+            "the message has no value (null or empty): expected one JSON event object",
+            "empty_value",
+        )
+    if len(value) > max_bytes:
+        raise InvalidEvent(
+            f"the value is {len(value)} bytes, over the limit of {max_bytes} bytes for one event "
+            "(limits.max_event_bytes in the config): keep bulky data out of events",
+            "too_large",
+        )
+    try:
+        return _EVENT.validate_json(value)
+    except ValidationError as exc:
+        raise explain(value, exc) from None
+
+
+def explain(value: bytes, exc: ValidationError) -> InvalidEvent:
+    """Turn pydantic's first error into one sentence; mention how many more there are."""
+    errors = exc.errors(include_url=False)
+    reason, error_class = _describe(value, errors[0])
+    if len(errors) > 1:
+        more = len(errors) - 1
+        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return InvalidEvent(reason, error_class)
+
+
+def _describe(value: bytes, err: Any) -> tuple[str, str]:
+    kind: str = err["type"]
+    if kind == "json_invalid":
+        return _describe_bad_json(value, err["msg"])
+    if kind in ("dict_type", "model_type", "model_attributes_type") and not err["loc"]:
+        return (
+            f"the value is a JSON {_json_kind(err['input'])}, but an event must be a JSON object "
+            '({"event_id": ..., "type": ..., ...})',
+            "not_object",
+        )
+    if kind == "union_tag_not_found":
+        return (f"field 'type' is missing: every event needs one, one of: {_TYPES}", "type_missing")
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return (f"field 'type': unknown event type '{tag}', expected one of: {_TYPES}", "type_unknown")
+    return _describe_field(err)
+
+
+def _describe_bad_json(value: bytes, msg: str) -> tuple[str, str]:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as u:
+        bad = value[u.start]
+        return (
+            f"the value is not valid UTF-8 (byte 0x{bad:02x} at position {u.start}): "
+            "events must be UTF-8 encoded JSON",
+            "not_utf8",
+        )
+    detail = msg.removeprefix("Invalid JSON: ")
+    if "recursion limit" in detail:
+        return (
+            f"the JSON is nested too deeply ({detail}): events are flat objects; "
+            "keep attributes shallow",
+            "json_too_deep",
+        )
+    if detail.startswith("EOF while parsing"):
+        return (
+            f"the JSON ends too early ({detail}): the message looks truncated",
+            "json_truncated",
+        )
+    return (f"the value is not valid JSON ({detail}): expected one JSON object", "json_invalid")
+
+
+def _describe_field(err: Any) -> tuple[str, str]:
+    loc = err["loc"]
+    event_type = loc[0] if loc and isinstance(loc[0], str) and loc[0] in EVENT_TYPES else None
+    path = _path(loc[1:] if event_type else loc)
+    kind: str = err["type"]
+    got = _show(err.get("input"))
+    if kind == "missing":
+        needed = f" for {event_type} events" if event_type else ""
+        return (f"field '{path}' is missing: it is required{needed}", "field_missing")
+    if kind == "timezone_aware":
+        return (f"field '{path}': timestamp has no offset, e.g. {EXAMPLE_TIME}", "timestamp_no_offset")
+    if kind.startswith("datetime"):
+        why = err["msg"].removeprefix("Input should be a valid datetime").lstrip(", ")
+        why = f" ({why})" if why else ""
+        return (
+            f"field '{path}': {got} is not an RFC 3339 timestamp{why}, e.g. {EXAMPLE_TIME}",
+            "timestamp_invalid",
+        )
+    if kind == "extra_forbidden":
+        return (f"field '{path}' is not allowed here: remove it", "field_unknown")
+    hint = _HINTS.get(str(loc[-1])) if loc else None
+    if hint:
+        return (f"field '{path}': {got} is not {hint}", "field_invalid")
+    if kind == "literal_error":
+        return (f"field '{path}': {got} is not {err['ctx']['expected']}", "field_invalid")
+    if kind == "string_too_short":
+        least = err["ctx"]["min_length"]
+        return (f"field '{path}': {got} is too short, it needs at least {least} character", "field_invalid")
+    if kind == "string_too_long":
+        most = err["ctx"]["max_length"]
+        return (f"field '{path}': {got} is too long, at most {most} characters", "field_invalid")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        want = err["msg"].removeprefix("Input should be ")
+        return (f"field '{path}': expected {want}, got {got}", "wrong_type")
+    msg = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    return (f"field '{path}': {got} is not allowed, it should be {msg}", "field_invalid")
+
+
+_HINTS = {
+    "currency": "an ISO 4217 currency code (three capital letters, e.g. EUR)",
+    "amount": "a decimal amount of 0 or more, e.g. 12.50 (a JSON number or string)",
+}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(value)"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    if isinstance(value, str):
+        text = repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+        return text
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,85 @@
+"""Prometheus metrics: one object, built with a registry (never the global one in library code).
+
+Names carry units and `_total` on counters; labels stay low-cardinality (topic, type, rule,
+handler, reason class) and never hold a customer, order or event id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric a worker exports."""
+
+    registry: CollectorRegistry
+    events: Counter
+    dead_letters: Counter
+    duplicates: Counter
+    rekeyed: Counter
+    late_events: Counter
+    exceptions: Counter
+    processing_latency: Histogram
+    detection_latency: Histogram
+    watermark_lag: Gauge
+    up: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        """Build every metric on `registry` (a fresh one by default)."""
+        reg = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=reg,
+            events=Counter(
+                "casewatch_events_total", "Valid events consumed.", ["topic", "type"], registry=reg
+            ),
+            dead_letters=Counter(
+                "casewatch_dead_letters_total",
+                "Messages sent to the dead-letter topic, by error class.",
+                ["topic", "error_class"],
+                registry=reg,
+            ),
+            duplicates=Counter(
+                "casewatch_duplicate_events_total", "Events ignored as repeats of an event_id.",
+                ["topic"], registry=reg,
+            ),
+            rekeyed=Counter(
+                "casewatch_rekeyed_events_total",
+                "Events whose Kafka key was not their customer_id, re-keyed through the rekey topic.",
+                ["topic"], registry=reg,
+            ),
+            late_events=Counter(
+                "casewatch_late_events_total",
+                "Events older than the watermark minus the allowed lateness (processed anyway).",
+                ["topic"], registry=reg,
+            ),
+            exceptions=Counter(
+                "casewatch_exceptions_total", "Exception records published.",
+                ["rule", "severity", "status"], registry=reg,
+            ),
+            processing_latency=Histogram(
+                "casewatch_processing_latency_seconds",
+                "From consuming an event to its outputs being acknowledged.",
+                buckets=_LATENCY_BUCKETS, registry=reg,
+            ),
+            detection_latency=Histogram(
+                "casewatch_detection_latency_seconds",
+                "From the event time (or deadline) of an exception to its publication.",
+                ["rule"], buckets=(*_LATENCY_BUCKETS, 300, 3600), registry=reg,
+            ),
+            watermark_lag=Gauge(
+                "casewatch_watermark_lag_seconds",
+                "Wall clock minus the event-time watermark, per partition.",
+                ["partition"], registry=reg,
+            ),
+            up=Gauge("casewatch_worker_up", "1 while the worker is processing.", registry=reg),
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve `/metrics` on `port` from a background thread."""
+        start_http_server(port, addr=addr, registry=self.registry)
