@@ -1,0 +1,82 @@
+"""The `casewatch` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from pipeline import __version__
+from pipeline.config import Config, Runtime, load_config
+from pipeline.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `casewatch` and `python -m pipeline`."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"casewatch: invalid config {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="casewatch", description=__doc__)
+    p.add_argument("--version", action="version", version=f"casewatch {__version__}")
+    sub = p.add_subparsers(title="commands")
+
+    s = sub.add_parser("schemas", help="write the contract's JSON Schema files")
+    s.add_argument("--out", default=None, help="folder (default: the repo's schemas/)")
+    s.set_defaults(func=_schemas)
+
+    c = sub.add_parser("check", help="validate a config file and report every problem")
+    c.add_argument("--config", default=None, help="config file (default: CASEWATCH_CONFIG or built-in)")
+    c.set_defaults(func=_check)
+
+    t = sub.add_parser("topics", help="create or verify the contract's topics")
+    t.add_argument("--config", default=None)
+    t.set_defaults(func=_topics)
+    return p
+
+
+def _config(path: str | None) -> Config:
+    return load_config(path or Runtime.from_env().config_path)
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline import schemas
+
+    paths = schemas.write(Path(args.out)) if args.out else schemas.write()
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    print(f"ok: {config.pipeline.partitions} partitions, app id {config.pipeline.app_id}")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from pipeline.topics import ensure
+
+    config = _config(args.config)
+    bootstrap = Runtime.from_env().bootstrap_servers
+    report = asyncio.run(ensure(config, bootstrap))
+    bad = 0
+    for spec, state in report:
+        print(f"{spec.name:40} {spec.partitions:>3} partitions  {state}")
+        bad += state not in ("ok", "created")
+    return 1 if bad else 0

@@ -1,0 +1,67 @@
+"""Create or verify the contract's topics with the Kafka admin API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline.config import Config
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Casewatch needs, with its settings."""
+
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str]
+
+
+def wanted(config: Config) -> list[TopicSpec]:
+    """The topics of the contract. All share one partition count: a customer's events on
+    every topic must land on the same partition number (co-partitioning)."""
+    t, p = config.topics, config.pipeline
+    keep = {"cleanup.policy": "delete", "retention.ms": str(int(t.retention.total_seconds() * 1000))}
+    # The dead-letter topic keeps originals up to the largest event plus headers, and longer.
+    dlq = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(t.dlq_retention.total_seconds() * 1000)),
+        "max.message.bytes": str(max(2 * 1024 * 1024, 2 * p.max_event_bytes)),
+    }
+    names = [t.interactions, t.orders, t.resolutions, t.exceptions]
+    specs = [TopicSpec(n, p.partitions, p.replication_factor, keep) for n in names]
+    specs.append(TopicSpec(t.dlq, p.partitions, p.replication_factor, dlq))
+    return specs
+
+
+async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:
+    """Create missing topics; report each as `created`, `ok`, or a mismatch to fix by hand."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="casewatch-topics")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        specs = wanted(config)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs) for s in missing]
+            )
+        present = [s.name for s in specs if s.name in existing]
+        counts = {}
+        if present:
+            for d in await admin.describe_topics(present):
+                counts[d["topic"]] = len(d["partitions"])
+        report = []
+        for s in specs:
+            if s in missing:
+                report.append((s, "created"))
+            elif counts.get(s.name) != s.partitions:
+                report.append((s, f"has {counts.get(s.name)} partitions, config says {s.partitions}: "
+                                  "recreate it or set pipeline.partitions to match"))
+            else:
+                report.append((s, "ok"))
+        return report
+    finally:
+        await admin.close()
