@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_schemas)
 
     c = sub.add_parser("check", help="validate a config file and report every problem")
-    c.add_argument("--config", default=None, help="config file (default: CASEWATCH_CONFIG or built-in)")
+    c.add_argument(
+        "--config", default=None, help="config file (default: CASEWATCH_CONFIG or built-in)"
+    )
     c.set_defaults(func=_check)
 
     t = sub.add_parser("topics", help="create or verify the contract's topics")

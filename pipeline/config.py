@@ -32,7 +32,9 @@ def parse_duration(value: Any) -> timedelta:
     text = str(value).strip()
     parts = _DURATION.findall(text)
     if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{value!r} is not a duration: write a number and a unit, e.g. 90s, 5m, 4h, 30d")
+        raise ValueError(
+            f"{value!r} is not a duration: write a number and a unit, e.g. 90s, 5m, 4h, 30d"
+        )
     return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
 
 
@@ -91,7 +93,9 @@ def load_config(path: str | Path | None = None) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(str(file), ["(top level): expected a mapping of sections, e.g. 'pipeline:'"])
+        raise ConfigError(
+            str(file), ["(top level): expected a mapping of sections, e.g. 'pipeline:'"]
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -106,7 +110,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def _problem(err: Any) -> str:
-    path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+    path = (
+        ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+    )
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{path}: unknown key: remove it or check its spelling"

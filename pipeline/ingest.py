@@ -29,7 +29,7 @@ def parse_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -
     if len(value) > max_bytes:
         raise InvalidEvent(
             f"the value is {len(value)} bytes, over the limit of {max_bytes} bytes for one event "
-            "(limits.max_event_bytes in the config): keep bulky data out of events",
+            "(pipeline.max_event_bytes in the config): keep bulky data out of events",
             "too_large",
         )
     try:
@@ -62,7 +62,10 @@ def _describe(value: bytes, err: Any) -> tuple[str, str]:
         return (f"field 'type' is missing: every event needs one, one of: {_TYPES}", "type_missing")
     if kind == "union_tag_invalid":
         tag = err["ctx"]["tag"]
-        return (f"field 'type': unknown event type '{tag}', expected one of: {_TYPES}", "type_unknown")
+        return (
+            f"field 'type': unknown event type '{tag}', expected one of: {_TYPES}",
+            "type_unknown",
+        )
     return _describe_field(err)
 
 
@@ -101,7 +104,10 @@ def _describe_field(err: Any) -> tuple[str, str]:
         needed = f" for {event_type} events" if event_type else ""
         return (f"field '{path}' is missing: it is required{needed}", "field_missing")
     if kind == "timezone_aware":
-        return (f"field '{path}': timestamp has no offset, e.g. {EXAMPLE_TIME}", "timestamp_no_offset")
+        return (
+            f"field '{path}': timestamp has no offset, e.g. {EXAMPLE_TIME}",
+            "timestamp_no_offset",
+        )
     if kind.startswith("datetime"):
         why = err["msg"].removeprefix("Input should be a valid datetime").lstrip(", ")
         why = f" ({why})" if why else ""
@@ -118,7 +124,10 @@ def _describe_field(err: Any) -> tuple[str, str]:
         return (f"field '{path}': {got} is not {err['ctx']['expected']}", "field_invalid")
     if kind == "string_too_short":
         least = err["ctx"]["min_length"]
-        return (f"field '{path}': {got} is too short, it needs at least {least} character", "field_invalid")
+        return (
+            f"field '{path}': {got} is too short, it needs at least {least} character",
+            "field_invalid",
+        )
     if kind == "string_too_long":
         most = err["ctx"]["max_length"]
         return (f"field '{path}': {got} is too long, at most {most} characters", "field_invalid")

@@ -24,7 +24,11 @@ def generate() -> dict[str, bytes]:
     }
     out = {}
     for name, schema in schemas.items():
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": _BASE + name, **schema}
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": _BASE + name,
+            **schema,
+        }
         out[name] = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
     return out
 

@@ -23,7 +23,10 @@ def wanted(config: Config) -> list[TopicSpec]:
     """The topics of the contract. All share one partition count: a customer's events on
     every topic must land on the same partition number (co-partitioning)."""
     t, p = config.topics, config.pipeline
-    keep = {"cleanup.policy": "delete", "retention.ms": str(int(t.retention.total_seconds() * 1000))}
+    keep = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(t.retention.total_seconds() * 1000)),
+    }
     # The dead-letter topic keeps originals up to the largest event plus headers, and longer.
     dlq = {
         "cleanup.policy": "delete",
@@ -46,7 +49,10 @@ async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:
         missing = [s for s in specs if s.name not in existing]
         if missing:
             await admin.create_topics(
-                [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs) for s in missing]
+                [
+                    NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
+                    for s in missing
+                ]
             )
         present = [s.name for s in specs if s.name in existing]
         counts = {}
@@ -58,8 +64,13 @@ async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:
             if s in missing:
                 report.append((s, "created"))
             elif counts.get(s.name) != s.partitions:
-                report.append((s, f"has {counts.get(s.name)} partitions, config says {s.partitions}: "
-                                  "recreate it or set pipeline.partitions to match"))
+                report.append(
+                    (
+                        s,
+                        f"has {counts.get(s.name)} partitions, config says {s.partitions}: "
+                        "recreate it or set pipeline.partitions to match",
+                    )
+                )
             else:
                 report.append((s, "ok"))
         return report

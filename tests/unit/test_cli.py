@@ -1,0 +1,39 @@
+"""The `casewatch` command as a user runs it (no broker needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_accepts_the_shipped_config() -> None:
+    result = run("check")
+    assert result.returncode == 0, result.stderr
+    assert "ok: 6 partitions" in result.stdout
+
+
+def test_check_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline:\n  partitons: 3\n")
+    result = run("check", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: 1 problem" in result.stderr
+    assert "pipeline.partitons: unknown key" in result.stderr
+
+
+def test_schemas_writes_every_file(tmp_path: Path) -> None:
+    result = run("schemas", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dead-letter-headers.schema.json",
+        "event.schema.json",
+        "exception-record.schema.json",
+        "resolution.schema.json",
+    ]
