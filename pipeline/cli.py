@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_check)
 
+    w = sub.add_parser("worker", help="run a worker (scale out: run more with the same config)")
+    w.add_argument("--config", default=None)
+    w.add_argument("--loglevel", default="info")
+    w.set_defaults(func=_worker)
+
+    pr = sub.add_parser("produce", help="publish a JSON-lines file of events to their topics")
+    pr.add_argument("file", help="one event per line, as it would appear on its topic")
+    pr.add_argument("--config", default=None)
+    pr.set_defaults(func=_produce)
+
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
     t.set_defaults(func=_topics)
@@ -82,3 +92,26 @@ def _topics(args: argparse.Namespace) -> int:
         print(f"{spec.name:40} {spec.partitions:>3} partitions  {state}")
         bad += state not in ("ok", "created")
     return 1 if bad else 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from pipeline.app import build_app
+    from pipeline.metrics import Metrics
+
+    runtime = Runtime.from_env()
+    config = load_config(args.config or runtime.config_path)
+    metrics = Metrics.create()
+    if runtime.metrics_port:
+        metrics.serve(runtime.metrics_port)
+    app = build_app(config, runtime, metrics)
+    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from pipeline.produce import produce_file
+
+    config = _config(args.config)
+    return asyncio.run(produce_file(args.file, config, Runtime.from_env().bootstrap_servers))

@@ -1,0 +1,56 @@
+"""Per-customer state kept in the `customers` table: versioned, small, never mutated in place.
+
+Version 1 holds the event ids seen recently (as 64-bit digests with their event time), so a
+repeated `event_id` is recognised without storing ids of up to 128 characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import orjson
+
+VERSION = 1
+
+
+def digest(event_id: str) -> str:
+    """A 64-bit digest of an event id: collisions within one customer's window are negligible."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    """Everything Casewatch remembers about one customer."""
+
+    seen: tuple[tuple[str, float], ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the table (JSON, with a version to migrate from)."""
+        return orjson.dumps({"v": VERSION, "seen": self.seen})
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> CustomerState:
+        """Read a table value; `None` (a new customer) is the empty state."""
+        if not data:
+            return cls()
+        raw = orjson.loads(data)
+        return cls(seen=tuple((d, t) for d, t in raw.get("seen", ())))
+
+    def remember(
+        self, event_id: str, at: float, window: timedelta, max_ids: int
+    ) -> CustomerState | None:
+        """The state with `event_id` remembered, or `None` when it was seen already.
+
+        Ids older than `window` before the newest one, and beyond `max_ids`, are forgotten.
+        """
+        key = digest(event_id)
+        if any(d == key for d, _ in self.seen):
+            return None
+        newest = max(at, max((t for _, t in self.seen), default=at))
+        horizon = newest - window.total_seconds()
+        kept = [(d, t) for d, t in self.seen if t >= horizon]
+        kept.append((key, at))
+        kept.sort(key=lambda item: item[1])
+        return replace(self, seen=tuple(kept[-max_ids:]))
