@@ -17,11 +17,15 @@ $(BIN)/casewatch: pyproject.toml
 
 setup: $(BIN)/casewatch
 
-# Sets up, starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), creates topics.
+# Sets up, starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), creates topics,
+# publishes the sample stream and runs a worker in the foreground (Ctrl-C stops it).
 run: setup
 	@export KAFKA_BOOTSTRAP_SERVERS=$$($(KAFKA) start) && \
 	  echo "broker: $$KAFKA_BOOTSTRAP_SERVERS" && \
-	  $(BIN)/casewatch check && $(BIN)/casewatch topics
+	  $(BIN)/casewatch check && $(BIN)/casewatch topics && \
+	  $(BIN)/casewatch produce examples/sample.jsonl && \
+	  echo "metrics: http://127.0.0.1:$${CASEWATCH_METRICS_PORT:-9464}/metrics" && \
+	  $(BIN)/casewatch worker
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
@@ -11,6 +12,7 @@ from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.worker import Ingest
 
+log = logging.getLogger(__name__)
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -28,6 +30,9 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         topic_replication_factor=p.replication_factor,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
+        # We encode and decode ourselves; Faust's JSON default broke changelog recovery.
+        key_serializer="raw",
+        value_serializer="raw",
         producer_acks=-1,
         # Room for a dead letter that carries an oversized original unchanged.
         producer_max_request_size=4 * 1024 * 1024,
@@ -37,8 +42,14 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     rekey_name = f"{p.app_id}-rekey"
     rekey = app.topic(rekey_name, partitions=p.partitions, internal=True, **_RAW)
     dlq = app.topic(t.dlq, **_RAW)
-    raw_schema = faust.Schema(**_RAW)
-    customers = app.Table("customers", partitions=p.partitions, schema=raw_schema)
+    # Faust picks a table's serializers from key_type/value_type: bytes means raw.
+    customers = app.Table(
+        "customers",
+        partitions=p.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(**_RAW),
+    )
     ingest = Ingest(
         config=config,
         metrics=metrics,
@@ -59,4 +70,21 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     async def ready() -> None:
         metrics.up.set(1)
 
+    last: list[float] = [-1.0]
+
+    @app.timer(10.0)
+    async def summary() -> None:
+        # One line every 10 s while there is progress: what an operator tails.
+        counts = {
+            n: _total(metrics, n) for n in ("events", "duplicates", "dead_letters", "rekeyed")
+        }
+        if sum(counts.values()) != last[0]:
+            last[0] = sum(counts.values())
+            log.info("progress: " + " ".join(f"{k}={int(v)}" for k, v in counts.items()))
+
     return app
+
+
+def _total(metrics: Metrics, name: str) -> float:
+    counter = getattr(metrics, name)
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))

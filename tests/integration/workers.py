@@ -1,0 +1,83 @@
+"""Run `casewatch worker` as a real process, the way a user does, and read its metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    """A running worker process and its /metrics."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a sample over the series that carry `labels`; 0 before the first one."""
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextmanager
+def run_worker(config: Path, bootstrap: str, tmp: Path) -> Iterator[Worker]:
+    """Create the topics, start a worker, stop it (SIGTERM) afterwards."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "topics", "--config", str(config)],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    port = free_port()
+    env |= {"CASEWATCH_METRICS_PORT": str(port), "CASEWATCH_STATE_DIR": str(tmp / "state")}
+    tmp.mkdir(parents=True, exist_ok=True)
+    log = tmp / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker", "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    worker = Worker(proc, port, log)
+    try:
+        wait_for("the worker's /metrics", lambda: worker.metric("casewatch_worker_up") == 1, 60)
+        yield worker
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
