@@ -37,6 +37,7 @@ test: setup
 	  export KAFKA_BOOTSTRAP_SERVERS=$$($(KAFKA) start); \
 	fi; \
 	$(BIN)/ruff check pipeline tests; \
+	$(BIN)/mypy; \
 	$(BIN)/pytest
 
 unit: setup

@@ -13,7 +13,12 @@ from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.worker import Ingest
 
 log = logging.getLogger(__name__)
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+_RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 
 
 def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
@@ -66,13 +71,13 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     app.agent(sources, name="ingest")(consume)
     app.agent(rekey, name="rekeyed")(consume)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:
         metrics.up.set(1)
 
     last: list[float] = [-1.0]
 
-    @app.timer(10.0)
+    @app.timer(10.0)  # type: ignore[untyped-decorator]
     async def summary() -> None:
         # One line every 10 s while there is progress: what an operator tails.
         counts = {
@@ -87,4 +92,6 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
 def _total(metrics: Metrics, name: str) -> float:
     counter = getattr(metrics, name)
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    return float(
+        sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    )
