@@ -1,0 +1,43 @@
+"""Per-customer state: repeats of an event_id are recognised; memory stays bounded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pipeline.state import CustomerState
+
+DAY = 86400.0
+WEEK = timedelta(days=7)
+
+
+def test_a_repeated_event_id_is_recognised_after_a_round_trip_through_bytes() -> None:
+    state = CustomerState().remember("e-1", 0.0, WEEK, 256)
+    assert state is not None
+    restored = CustomerState.from_bytes(state.to_bytes())
+    assert restored.remember("e-1", 10.0, WEEK, 256) is None
+    assert restored.remember("e-2", 10.0, WEEK, 256) is not None
+
+
+def test_ids_older_than_the_window_before_the_newest_are_forgotten() -> None:
+    state = CustomerState().remember("old", 0.0, WEEK, 256)
+    assert state is not None
+    state = state.remember("new", 8 * DAY, WEEK, 256)
+    assert state is not None
+    assert len(state.seen) == 1
+    assert state.remember("new", 8 * DAY, WEEK, 256) is None
+
+
+def test_at_most_max_ids_are_kept_newest_first() -> None:
+    state: CustomerState | None = CustomerState()
+    for i in range(10):
+        assert state is not None
+        state = state.remember(f"e-{i}", float(i), WEEK, 4)
+    assert state is not None
+    assert len(state.seen) == 4
+    assert state.remember("e-9", 9.0, WEEK, 4) is None
+    assert state.remember("e-0", 0.0, WEEK, 4) is not None  # forgotten: past the bound
+
+
+def test_empty_table_value_is_a_new_customer() -> None:
+    assert CustomerState.from_bytes(None) == CustomerState()
+    assert len(CustomerState().remember("e", 0.0, WEEK, 4).to_bytes()) < 100  # type: ignore[union-attr]
