@@ -1,0 +1,76 @@
+"""The detector contract: pure logic, no I/O, time passed in (see STYLE.md).
+
+A detector never reads a clock, a topic or a table: the Faust agent and the offline replay call
+the same functions, so live and replay cannot disagree. State is immutable and serialisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+S = TypeVar("S")
+Instant = float  # seconds since the epoch, event time
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A detector's verdict, before routing and context turn it into an exception record."""
+
+    rule: str
+    kind: str
+    status: str  # open or resolved
+    customer_id: str
+    subject: Mapping[str, str]
+    trigger: Instant  # window start or deadline: part of the id
+    event_time: Instant
+    evidence: tuple[str, ...]
+
+    @property
+    def exception_id(self) -> str:
+        """Deterministic: rule, customer, subject and trigger, so replay and restarts agree."""
+        return exception_id(self.rule, self.customer_id, self.subject, self.trigger)
+
+
+def exception_id(rule: str, customer_id: str, subject: Mapping[str, str], trigger: Instant) -> str:
+    """A stable id: the same inputs give the same id, in every process and in replay."""
+    parts = [
+        rule,
+        customer_id,
+        *(f"{k}={subject[k]}" for k in sorted(subject)),
+        repr(float(trigger)),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Step(Generic[S]):
+    """What one call returns: the new state and what it found."""
+
+    state: S
+    findings: tuple[Finding, ...] = field(default=())
+
+
+class Detector(Protocol[S]):
+    """One rule's logic. `observe` sees each event of a customer; `fire` runs when the clock
+    passes `next_deadline`."""
+
+    kind: ClassVar[str]
+
+    def initial(self) -> S:
+        """The state of a customer never seen before."""
+        ...
+
+    def observe(self, state: S, event: Mapping[str, Any], now: Instant) -> Step[S]:
+        """Take one event (as a dict of its fields); return the new state and findings."""
+        ...
+
+    def fire(self, state: S, now: Instant) -> Step[S]:
+        """Deadlines that passed by `now`."""
+        ...
+
+    def next_deadline(self, state: S) -> Instant | None:
+        """When `fire` next has something to do, or None."""
+        ...

@@ -1,0 +1,82 @@
+"""`threshold`: the count of matching events per customer (and group fields) within a sliding
+window reaches N.
+
+The window ending at an event's time t is (t - window, t]: an event exactly `window` older is
+out. A rule fires once when the count reaches N, then stays quiet for that customer and group
+until every event that made it fire has left the window (quiet until newest evidence + window).
+Out-of-order events count in the window of their own time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.matchers import Matcher, field_text, matches_any
+
+# Per group key: {"e": [[time, event_id], ...] sorted by time, "q": quiet until}
+State = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ThresholdDetector:
+    """Counts matching events per group in a sliding window of event time."""
+
+    kind: ClassVar[str] = "threshold"
+    rule: str
+    when: Sequence[Sequence[Matcher]]
+    count: int
+    window: float
+    group_by: tuple[str, ...] = ()
+
+    def initial(self) -> State:
+        return {}
+
+    def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
+        if not matches_any(self.when, event):
+            return Step(state)
+        t = _epoch(event["occurred_at"])
+        key = "\x1f".join(field_text(event, f) for f in self.group_by)
+        group = state.get(key, {"e": [], "q": float("-inf")})
+        events = sorted([*group["e"], [t, event["event_id"]]])
+        newest = events[-1][0]
+        kept = [e for e in events if e[0] > newest - self.window]
+        quiet = group["q"]
+        findings: tuple[Finding, ...] = ()
+        # A late event also counts in the windows of the events after it.
+        for end in [t, *(e[0] for e in kept if t < e[0] < t + self.window)]:
+            inside = [e for e in kept if end - self.window < e[0] <= end]
+            if len(inside) >= self.count and end >= quiet:
+                findings = (self._finding(event, inside, end),)
+                quiet = inside[-1][0] + self.window
+                break
+        return Step({**state, key: {"e": kept, "q": quiet}}, findings)
+
+    def fire(self, state: State, now: Instant) -> Step[State]:
+        return Step(state)  # no deadlines: windows move with events
+
+    def next_deadline(self, state: State) -> Instant | None:
+        return None
+
+    def _finding(self, event: Mapping[str, Any], inside: list[list[Any]], t: float) -> Finding:
+        return Finding(
+            rule=self.rule,
+            kind=self.kind,
+            status="open",
+            customer_id=event["customer_id"],
+            subject={f: field_text(event, f) for f in self.group_by},
+            trigger=inside[0][0],
+            event_time=t,
+            evidence=tuple(str(e[1]) for e in inside),
+        )
+
+
+def _epoch(value: Any) -> float:
+    return (
+        value.timestamp()
+        if isinstance(value, datetime)
+        else datetime.fromisoformat(value).timestamp()
+    )
