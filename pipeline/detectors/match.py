@@ -1,0 +1,50 @@
+"""`match`: one event that matches the conditions is an exception (e.g. a failed delivery)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.matchers import Matcher, field_text, matches_any
+from pipeline.detectors.threshold import _epoch
+
+
+@dataclass(frozen=True)
+class MatchDetector:
+    """Stateless: each matching event is its own finding, its subject taken from `subject`."""
+
+    kind: ClassVar[str] = "match"
+    rule: str
+    when: Sequence[Sequence[Matcher]]
+    subject: tuple[str, ...] = ()
+
+    def initial(self) -> None:
+        return None
+
+    def observe(self, state: None, event: Mapping[str, Any], now: Instant) -> Step[None]:
+        if not self.when or not matches_any(self.when, event):
+            return Step(state)
+        t = _epoch(event["occurred_at"])
+        finding = Finding(
+            rule=self.rule,
+            kind=self.kind,
+            status="open",
+            customer_id=event["customer_id"],
+            # The event id keeps two matching events on one subject apart.
+            subject={
+                **{f: field_text(event, f) for f in self.subject},
+                "event_id": event["event_id"],
+            },
+            trigger=t,
+            event_time=t,
+            evidence=(event["event_id"],),
+        )
+        return Step(state, (finding,))
+
+    def fire(self, state: None, now: Instant) -> Step[None]:
+        return Step(state)
+
+    def next_deadline(self, state: None) -> Instant | None:
+        return None
