@@ -1,0 +1,107 @@
+"""`absence`: an expected event that never came (e.g. a shipped order never delivered).
+
+Per correlation key (e.g. `order_id`): any event carrying `deadline_field` records the latest
+promise; a `start` event arms the deadline = latest promise + grace, or start time + `delay`
+when there is no promise. An `expect` or `cancel` event disarms it. When the clock passes the
+deadline the exception fires (trigger = the deadline); if the expected event arrives after
+that, the same exception is found again as `resolved`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.matchers import Matcher, field_text, matches_any
+from pipeline.detectors.threshold import _epoch
+
+# Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids], "x": closed at}
+State = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class AbsenceDetector:
+    """Deadlines per correlation key, armed, moved, disarmed and fired on event time."""
+
+    kind: ClassVar[str] = "absence"
+    rule: str
+    key: str
+    start: Sequence[Sequence[Matcher]]
+    expect: Sequence[Sequence[Matcher]]
+    cancel: Sequence[Sequence[Matcher]]
+    grace: float
+    delay: float
+    deadline_field: str | None = None
+    keep_closed: float = 30 * 86400.0  # remember closed keys this long, so late starts stay closed
+
+    def initial(self) -> State:
+        return {}
+
+    def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
+        k = field_text(event, self.key)
+        if not k:
+            return Step(state)
+        entry = dict(
+            state.get(k, {"c": event["customer_id"], "p": None, "d": None, "f": False, "ev": []})
+        )
+        if entry.get("x") is not None:
+            return Step(state)  # closed already: a late start must not re-arm it
+        t = _epoch(event["occurred_at"])
+        if self.deadline_field and event.get(self.deadline_field):
+            entry["p"] = _epoch(event[self.deadline_field])
+        if matches_any(self.start, event):
+            entry["s"] = t
+            entry["ev"] = [*entry["ev"], event["event_id"]]
+        if entry.get("s") is not None and not entry["f"]:
+            entry["d"] = (
+                entry["p"] + self.grace if entry["p"] is not None else entry["s"] + self.delay
+            )
+        closing = (self.expect and matches_any(self.expect, event)) or (
+            self.cancel and matches_any(self.cancel, event)
+        )
+        findings: tuple[Finding, ...] = ()
+        if closing:
+            if entry["f"]:
+                findings = (self._finding(k, entry, "resolved", t, event["event_id"]),)
+            entry = {"c": entry["c"], "x": t}
+        pruned = {
+            key: v
+            for key, v in state.items()
+            if v.get("x") is None or v["x"] > t - self.keep_closed
+        }
+        return Step({**pruned, k: entry}, findings)
+
+    def fire(self, state: State, now: Instant) -> Step[State]:
+        due = [
+            k for k, v in state.items() if v.get("d") is not None and not v["f"] and v["d"] <= now
+        ]
+        if not due:
+            return Step(state)
+        new = dict(state)
+        findings = []
+        for k in sorted(due, key=lambda key: (state[key]["d"], key)):
+            new[k] = {**state[k], "f": True}
+            findings.append(self._finding(k, state[k], "open", state[k]["d"], None))
+        return Step(new, tuple(findings))
+
+    def next_deadline(self, state: State) -> Instant | None:
+        return min(
+            (v["d"] for v in state.values() if v.get("d") is not None and not v["f"]), default=None
+        )
+
+    def _finding(
+        self, k: str, entry: Mapping[str, Any], status: str, t: float, extra: str | None
+    ) -> Finding:
+        evidence = tuple(entry["ev"]) + ((extra,) if extra else ())
+        return Finding(
+            rule=self.rule,
+            kind=self.kind,
+            status=status,
+            customer_id=entry["c"],
+            subject={self.key: k},
+            trigger=entry["d"],
+            event_time=t,
+            evidence=evidence,
+        )

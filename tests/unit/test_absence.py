@@ -1,0 +1,99 @@
+"""The absence detector with an injected clock: the missing-delivery cases of the contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline.detectors.absence import AbsenceDetector
+from pipeline.detectors.base import Finding
+from pipeline.detectors.matchers import Matcher
+
+T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
+H = 3600.0
+
+MISSING = AbsenceDetector(
+    rule="missing_delivery",
+    key="order_id",
+    start=[[Matcher("type", "=", "order.shipped")]],
+    expect=[[Matcher("type", "=", "order.delivered")]],
+    cancel=[[Matcher("type", "=", "order.cancelled")]],
+    grace=4 * H,
+    delay=72 * H,
+    deadline_field="promised_by",
+)
+
+
+def at(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def ev(n: int, type_: str, hours: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e-{n}",
+        "type": type_,
+        "customer_id": "c-1",
+        "order_id": "o-1",
+        "occurred_at": at(hours),
+        **fields,
+    }
+
+
+def play(events: list[dict[str, Any]], clock: float) -> list[Finding]:
+    """Observe the events in order, firing deadlines as event time passes, then advance to `clock` hours."""
+    state, found = MISSING.initial(), []
+    for e in events:
+        step = MISSING.fire(state, e["occurred_at"].timestamp())
+        state, found = step.state, found + list(step.findings)
+        step = MISSING.observe(state, e, e["occurred_at"].timestamp())
+        state, found = step.state, found + list(step.findings)
+    step = MISSING.fire(state, at(clock).timestamp())
+    return found + list(step.findings)
+
+
+PLACED = ev(1, "order.placed", 0, promised_by=at(48).isoformat())
+SHIPPED = ev(2, "order.shipped", 10)
+
+
+def test_fires_at_promise_plus_grace_and_not_a_second_before() -> None:
+    assert play([PLACED, SHIPPED], clock=52 - 1 / 3600) == []
+    (found,) = play([PLACED, SHIPPED], clock=52)
+    assert (found.status, found.subject, found.event_time) == (
+        "open",
+        {"order_id": "o-1"},
+        at(52).timestamp(),
+    )
+    assert found.evidence == ("e-2",)
+
+
+def test_a_later_promise_on_shipping_moves_the_deadline() -> None:
+    moved = ev(2, "order.shipped", 10, promised_by=at(96).isoformat())
+    assert play([PLACED, moved], clock=60) == []
+    assert len(play([PLACED, moved], clock=100)) == 1
+
+
+def test_without_a_promise_it_fires_72_hours_after_shipping() -> None:
+    assert play([SHIPPED], clock=81.9) == []
+    assert play([SHIPPED], clock=82)[0].event_time == at(82).timestamp()
+
+
+def test_delivery_or_cancellation_in_time_disarms_it() -> None:
+    assert play([PLACED, SHIPPED, ev(3, "order.delivered", 40)], clock=500) == []
+    assert play([PLACED, SHIPPED, ev(3, "order.cancelled", 40)], clock=500) == []
+
+
+def test_a_late_delivery_resolves_the_same_exception() -> None:
+    opened, resolved = play([PLACED, SHIPPED, ev(3, "order.delivered", 70)], clock=500)
+    assert (opened.status, resolved.status) == ("open", "resolved")
+    assert opened.exception_id == resolved.exception_id
+    assert resolved.evidence == ("e-2", "e-3")
+
+
+def test_delivery_seen_before_the_shipment_keeps_it_closed() -> None:
+    assert play([ev(3, "order.delivered", 5), SHIPPED], clock=500) == []
+
+
+def test_next_deadline_is_the_earliest_armed_one() -> None:
+    state = MISSING.observe(MISSING.initial(), SHIPPED, 0.0).state
+    assert MISSING.next_deadline(state) == at(82).timestamp()
+    assert MISSING.next_deadline(MISSING.fire(state, at(82).timestamp()).state) is None
