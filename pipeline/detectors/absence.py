@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.base import Finding, Instant, Step, epoch
 from pipeline.detectors.matchers import Matcher, field_text, matches_any
-from pipeline.detectors.threshold import _epoch
 
 # Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids], "x": closed at}
 State = Mapping[str, Mapping[str, Any]]
@@ -48,9 +47,9 @@ class AbsenceDetector:
         )
         if entry.get("x") is not None:
             return Step(state)  # closed already: a late start must not re-arm it
-        t = _epoch(event["occurred_at"])
+        t = epoch(event["occurred_at"])
         if self.deadline_field and event.get(self.deadline_field):
-            entry["p"] = _epoch(event[self.deadline_field])
+            entry["p"] = epoch(event[self.deadline_field])
         if matches_any(self.start, event):
             entry["s"] = t
             entry["ev"] = [*entry["ev"], event["event_id"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 S = TypeVar("S")
@@ -74,3 +75,12 @@ class Detector(Protocol[S]):
     def next_deadline(self, state: S) -> Instant | None:
         """When `fire` next has something to do, or None."""
         ...
+
+
+def epoch(value: Any) -> Instant:
+    """An event time (datetime or RFC 3339 text) as seconds since the epoch."""
+    return (
+        value.timestamp()
+        if isinstance(value, datetime)
+        else datetime.fromisoformat(value).timestamp()
+    )

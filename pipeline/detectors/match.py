@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.base import Finding, Instant, Step, epoch
 from pipeline.detectors.matchers import Matcher, field_text, matches_any
-from pipeline.detectors.threshold import _epoch
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class MatchDetector:
     def observe(self, state: None, event: Mapping[str, Any], now: Instant) -> Step[None]:
         if not self.when or not matches_any(self.when, event):
             return Step(state)
-        t = _epoch(event["occurred_at"])
+        t = epoch(event["occurred_at"])
         finding = Finding(
             rule=self.rule,
             kind=self.kind,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 
-from pipeline.detectors.base import Finding, Instant, Step
+from pipeline.detectors.base import Finding, Instant, Step, epoch
 from pipeline.detectors.matchers import Matcher, field_text, matches_any
 
 # Per group key: {"e": [[time, event_id], ...] sorted by time, "q": quiet until}
@@ -38,7 +37,7 @@ class ThresholdDetector:
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
         if not matches_any(self.when, event):
             return Step(state)
-        t = _epoch(event["occurred_at"])
+        t = epoch(event["occurred_at"])
         key = "\x1f".join(field_text(event, f) for f in self.group_by)
         group = state.get(key, {"e": [], "q": float("-inf")})
         events = sorted([*group["e"], [t, event["event_id"]]])
@@ -72,11 +71,3 @@ class ThresholdDetector:
             event_time=t,
             evidence=tuple(str(e[1]) for e in inside),
         )
-
-
-def _epoch(value: Any) -> float:
-    return (
-        value.timestamp()
-        if isinstance(value, datetime)
-        else datetime.fromisoformat(value).timestamp()
-    )

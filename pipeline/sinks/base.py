@@ -17,7 +17,7 @@ class Sink(Protocol):
     name: str
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """Write one record; return once it is durable. Runs on the worker's event loop."""
         ...

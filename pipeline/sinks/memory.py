@@ -10,7 +10,7 @@ class SentRecord:
     """One record as a sink received it."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]]
 
 
@@ -22,7 +22,7 @@ class MemorySink:
     records: list[SentRecord] = field(default_factory=list)
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """Append the record; it is 'durable' at once."""
         self.records.append(SentRecord(key, value, list(headers or [])))
