@@ -78,6 +78,8 @@ def _schemas(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(f"ok: {config.pipeline.partitions} partitions, app id {config.pipeline.app_id}")
+    for name, rule in config.rules.items():
+        print(f"  rule {name:24} {rule.kind:10} {rule.severity:8} version {rule.version()}")
     return 0
 
 

@@ -8,37 +8,20 @@ validated at load and every problem is reported with the file, the path inside i
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from pipeline.durations import Duration, parse_duration
 from pipeline.errors import ConfigError
+from pipeline.rules import Rule
+
+__all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration"]
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "casewatch.yaml"
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-
-
-def parse_duration(value: Any) -> timedelta:
-    """`90s`, `5m`, `4h`, `30d`, `1h30m`, or a number of seconds."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
-    text = str(value).strip()
-    parts = _DURATION.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError(
-            f"{value!r} is not a duration: write a number and a unit, e.g. 90s, 5m, 4h, 30d"
-        )
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
-
-
-Duration: TypeAlias = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class _Section(BaseModel):
@@ -77,6 +60,7 @@ class Config(_Section):
     version: Literal[1] = 1
     pipeline: PipelineSettings = PipelineSettings()
     topics: TopicSettings = TopicSettings()
+    rules: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], Rule] = {}
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -1,0 +1,83 @@
+"""Rules in the config file: the five defaults load and detect; bad rules name path and fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.rules import build, parse_condition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_five_default_rules_ship_and_build() -> None:
+    rules = load_config(REPO / "casewatch.yaml").rules
+    assert {n: r.kind for n, r in rules.items()} == {
+        "missing_delivery": "absence",
+        "delivery_failed": "match",
+        "repeat_maintenance": "threshold",
+        "complaint_cluster": "threshold",
+        "repeated_contact": "threshold",
+    }
+    for name, rule in rules.items():
+        assert build(name, rule).rule == name
+
+
+def test_default_repeat_maintenance_fires_on_the_second_leak() -> None:
+    rule = load_config(REPO / "casewatch.yaml").rules["repeat_maintenance"]
+    detector = build("repeat_maintenance", rule)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    state = detector.initial()
+    found = []
+    for n, days in enumerate([0, 8]):
+        event = {
+            "event_id": f"e-{n}",
+            "customer_id": "c",
+            "type": "interaction.maintenance_requested",
+            "asset_id": "unit-12/kitchen-faucet",
+            "occurred_at": t0 + timedelta(days=days),
+        }
+        step = detector.observe(state, event, 0.0)
+        state, found = step.state, found + list(step.findings)
+    assert [f.subject for f in found] == [{"asset_id": "unit-12/kitchen-faucet"}]
+
+
+def problems(tmp_path: Path, rules: str) -> list[str]:
+    file = tmp_path / "c.yaml"
+    file.write_text("rules:\n" + rules)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    return info.value.problems
+
+
+def test_unknown_kind_lists_the_valid_ones(tmp_path: Path) -> None:
+    (found,) = problems(tmp_path, "  r1:\n    kind: sometimes\n")
+    assert found.startswith("rules.r1: Input tag 'sometimes' found using 'kind' does not match")
+    assert "'match', 'threshold', 'absence'" in found
+
+
+def test_a_bad_condition_names_its_place_and_the_syntax(tmp_path: Path) -> None:
+    (found,) = problems(tmp_path, "  r1:\n    kind: match\n    when: ['type is order.placed']\n")
+    assert found == (
+        "rules.r1.match.when: 'type is order.placed' is not a condition: "
+        "write 'field op value' with op one of =, !=, =~, !~, in"
+    )
+
+
+def test_a_threshold_without_window_or_count(tmp_path: Path) -> None:
+    found = problems(tmp_path, "  r1:\n    kind: threshold\n    when: ['type = x']\n")
+    assert found == [
+        "rules.r1.threshold.count: required key is missing: add it",
+        "rules.r1.threshold.window: required key is missing: add it",
+    ]
+
+
+def test_condition_syntax() -> None:
+    assert parse_condition("tier in gold, platinum").value == ("gold", "platinum")
+    assert parse_condition('category =~ "internet/.*"').op == "=~"
+    with pytest.raises(ValueError, match="regular expression is invalid"):
+        parse_condition("x =~ (")
