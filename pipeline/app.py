@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -10,7 +11,7 @@ import faust
 from pipeline.config import Config, Runtime
 from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
-from pipeline.worker import Ingest
+from pipeline.worker import TICK, Ingest
 
 log = logging.getLogger(__name__)
 _RAW: dict[str, Any] = {
@@ -46,10 +47,27 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)
     rekey_name = f"{p.app_id}-rekey"
     rekey = app.topic(rekey_name, partitions=p.partitions, internal=True, **_RAW)
+    # Clock ticks: same partition count as the sources, so Faust's assignor gives partition N
+    # of every topic (and of the tables' changelogs) to the same worker.
+    ticks = app.topic(
+        f"{p.app_id}-tick",
+        partitions=p.partitions,
+        internal=True,
+        retention=timedelta(hours=1),
+        **_RAW,
+    )
     dlq = app.topic(t.dlq, **_RAW)
+    exceptions = app.topic(t.exceptions, **_RAW)
     # Faust picks a table's serializers from key_type/value_type: bytes means raw.
     customers = app.Table(
         "customers",
+        partitions=p.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(**_RAW),
+    )
+    clocks = app.Table(
+        "clocks",
         partitions=p.partitions,
         key_type=bytes,
         value_type=bytes,
@@ -61,15 +79,35 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         dlq=DeadLetterSink(TopicSink(dlq)),
         rekey=TopicSink(rekey),
         rekey_topic=rekey_name,
+        exceptions=TopicSink(exceptions),
         table=customers,
+        clocks_table=_TextKeys(clocks),
     )
 
     async def consume(stream: Any) -> None:
         async for event in stream.events():
             await ingest.handle(event.message)
 
+    async def tick(stream: Any) -> None:
+        async for event in stream.events():
+            await ingest.tick(event.message.partition)
+
     app.agent(sources, name="ingest")(consume)
     app.agent(rekey, name="rekeyed")(consume)
+    app.agent(ticks, name="tick")(tick)
+
+    async def recovered() -> None:
+        ingest.recovered(customers.items(), ((k.decode(), v) for k, v in clocks.items()))
+
+    customers.on_recover(recovered)
+
+    @app.timer(TICK)  # type: ignore[untyped-decorator]
+    async def send_ticks() -> None:
+        # Each worker ticks the partitions it owns; the tick comes back to it through Kafka.
+        name = ticks.get_topic_name()
+        for tp in app.consumer.assignment():
+            if tp.topic == name:
+                await ticks.send(key=None, value=b"", partition=tp.partition)
 
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:
@@ -88,6 +126,20 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
             log.info("progress: " + " ".join(f"{k}={int(v)}" for k, v in counts.items()))
 
     return app
+
+
+class _TextKeys:
+    """A bytes-keyed table addressed with text keys (partition numbers)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        value: bytes | None = self.table.get(key.encode())
+        return value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
 
 
 def _total(metrics: Metrics, name: str) -> float:

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import Config, Runtime, load_config
@@ -54,10 +56,39 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", default=None)
     pr.set_defaults(func=_produce)
 
+    r = sub.add_parser(
+        "replay",
+        help="run a JSON-lines file of events through the detectors offline, on event time",
+    )
+    r.add_argument("file", help="one event per line, as it would appear on its topic")
+    r.add_argument("--config", default=None)
+    r.add_argument("--out", default=None, help="write exception records here (default: stdout)")
+    r.add_argument(
+        "--until",
+        default=None,
+        type=_instant,
+        help="RFC 3339 time the clock advances to at the end (default: the last event's time)",
+    )
+    r.set_defaults(func=_replay)
+
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
     t.set_defaults(func=_topics)
     return p
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time: write e.g. 2026-11-23T18:00:00Z"
+        ) from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset: add one, e.g. {text}Z or {text}+01:00"
+        )
+    return value
 
 
 def _config(path: str | None) -> Config:
@@ -65,8 +96,6 @@ def _config(path: str | None) -> Config:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pipeline import schemas
 
     paths = schemas.write(Path(args.out)) if args.out else schemas.write()
@@ -110,6 +139,22 @@ def _worker(args: argparse.Namespace) -> int:
     app = build_app(config, runtime, metrics)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pipeline.replay import run
+
+    config = _config(args.config)
+    if not Path(args.file).is_file():
+        print(f"casewatch: replay: {args.file}: no such file", file=sys.stderr)
+        return 1
+    if args.out:
+        with open(args.out, "wb") as out:
+            summary = run(args.file, config, out, args.until, sys.stderr.isatty())
+    else:
+        summary = run(args.file, config, sys.stdout.buffer, args.until, sys.stderr.isatty())
+    print(summary.text(), file=sys.stderr)
+    return 1 if summary.invalid else 0
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class Metrics:
     processing_latency: Histogram
     detection_latency: Histogram
     watermark_lag: Gauge
+    pending_deadlines: Gauge
     up: Gauge
 
     @classmethod
@@ -58,7 +59,7 @@ class Metrics:
             ),
             late_events=Counter(
                 "casewatch_late_events_total",
-                "Events older than the watermark minus the allowed lateness (processed anyway).",
+                "Events older than their partition's clock when they arrived (processed anyway).",
                 ["topic"],
                 registry=reg,
             ),
@@ -85,6 +86,11 @@ class Metrics:
                 "casewatch_watermark_lag_seconds",
                 "Wall clock minus the event-time watermark, per partition.",
                 ["partition"],
+                registry=reg,
+            ),
+            pending_deadlines=Gauge(
+                "casewatch_pending_deadlines",
+                "Customers with a deadline armed (e.g. shipped orders awaiting delivery).",
                 registry=reg,
             ),
             up=Gauge("casewatch_worker_up", "1 while the worker is processing.", registry=reg),

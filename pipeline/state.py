@@ -1,18 +1,25 @@
 """Per-customer state kept in the `customers` table: versioned, small, never mutated in place.
 
-Version 1 holds the event ids seen recently (as 64-bit digests with their event time), so a
-repeated `event_id` is recognised without storing ids of up to 128 characters.
+It holds the event ids seen recently (64-bit digests with their event time, so a repeated
+`event_id` is recognised without storing ids of up to 128 characters), each rule's detector
+state tagged with the rule's version, the customer's latest profile, and the partition that
+owns the customer (so the deadline index can be rebuilt after a rebalance).
+
+Bound (documented in the README): at most `dedupe_max_ids` digests (about 30 bytes each), one
+profile, and per rule what its detector keeps (see each detector's module docstring).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 import orjson
 
-VERSION = 1
+VERSION = 2
 
 
 def digest(event_id: str) -> str:
@@ -25,18 +32,35 @@ class CustomerState:
     """Everything Casewatch remembers about one customer."""
 
     seen: tuple[tuple[str, float], ...] = ()
+    # rule name -> [rule_version, detector state]; a changed rule starts from a fresh state
+    rules: Mapping[str, Any] = field(default_factory=dict)
+    profile: Mapping[str, Any] | None = None
+    partition: int | None = None
 
     def to_bytes(self) -> bytes:
         """Serialise for the table (JSON, with a version to migrate from)."""
-        return orjson.dumps({"v": VERSION, "seen": self.seen})
+        return orjson.dumps(
+            {
+                "v": VERSION,
+                "seen": self.seen,
+                "rules": self.rules,
+                "profile": self.profile,
+                "p": self.partition,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> CustomerState:
-        """Read a table value; `None` (a new customer) is the empty state."""
+        """Read a table value; `None` (a new customer) is the empty state. Reads version 1."""
         if not data:
             return cls()
         raw = orjson.loads(data)
-        return cls(seen=tuple((d, t) for d, t in raw.get("seen", ())))
+        return cls(
+            seen=tuple((d, t) for d, t in raw.get("seen", ())),
+            rules=raw.get("rules") or {},
+            profile=raw.get("profile"),
+            partition=raw.get("p"),
+        )
 
     def remember(
         self, event_id: str, at: float, window: timedelta, max_ids: int

@@ -4,7 +4,12 @@ Per correlation key (e.g. `order_id`): any event carrying `deadline_field` recor
 promise; a `start` event arms the deadline = latest promise + grace, or start time + `delay`
 when there is no promise. An `expect` or `cancel` event disarms it. When the clock passes the
 deadline the exception fires (trigger = the deadline); if the expected event arrives after
-that, the same exception is found again as `resolved`.
+that, the same exception is found again as `resolved`. A closing event later than the deadline
+that arrives before the clock fired it yields both records at once (it was missing at the
+deadline), so the outcome depends on event time only, not on when the clock moved.
+
+Bound: one entry per correlation key; closed keys are kept `keep_closed` (30 days) of event time
+after closing, so a late start cannot re-arm them, then dropped.
 """
 
 from __future__ import annotations
@@ -62,8 +67,13 @@ class AbsenceDetector:
         )
         findings: tuple[Finding, ...] = ()
         if closing:
+            if not entry["f"] and entry["d"] is not None and t > entry["d"]:
+                # Closed after its deadline before the clock got there (within the allowed
+                # lateness): it was missing at the deadline all the same.
+                findings = (self._finding(k, entry, "open", entry["d"], None),)
+                entry["f"] = True
             if entry["f"]:
-                findings = (self._finding(k, entry, "resolved", t, event["event_id"]),)
+                findings += (self._finding(k, entry, "resolved", t, event["event_id"]),)
             entry = {"c": entry["c"], "x": t}
         pruned = {
             key: v

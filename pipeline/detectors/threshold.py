@@ -5,6 +5,9 @@ The window ending at an event's time t is (t - window, t]: an event exactly `win
 out. A rule fires once when the count reaches N, then stays quiet for that customer and group
 until every event that made it fire has left the window (quiet until newest evidence + window).
 Out-of-order events count in the window of their own time.
+
+Bound: per group at most `max(2 * count, 32)` events (the newest); a group whose newest event is
+two windows older than the event being observed is dropped.
 """
 
 from __future__ import annotations
@@ -39,20 +42,26 @@ class ThresholdDetector:
             return Step(state)
         t = epoch(event["occurred_at"])
         key = "\x1f".join(field_text(event, f) for f in self.group_by)
-        group = state.get(key, {"e": [], "q": float("-inf")})
+        group = state.get(key, {"e": [], "q": None})
         events = sorted([*group["e"], [t, event["event_id"]]])
         newest = events[-1][0]
-        kept = [e for e in events if e[0] > newest - self.window]
-        quiet = group["q"]
+        kept = [e for e in events if e[0] > newest - self.window][-max(2 * self.count, 32) :]
+        quiet = group["q"]  # None: not fired yet (JSON has no -inf)
         findings: tuple[Finding, ...] = ()
         # A late event also counts in the windows of the events after it.
         for end in [t, *(e[0] for e in kept if t < e[0] < t + self.window)]:
             inside = [e for e in kept if end - self.window < e[0] <= end]
-            if len(inside) >= self.count and end >= quiet:
+            if len(inside) >= self.count and (quiet is None or end >= quiet):
                 findings = (self._finding(event, inside, end),)
                 quiet = inside[-1][0] + self.window
                 break
-        return Step({**state, key: {"e": kept, "q": quiet}}, findings)
+        groups = {
+            k: g
+            for k, g in state.items()
+            if k != key and g["e"] and g["e"][-1][0] > t - 2 * self.window
+        }
+        groups[key] = {"e": kept, "q": quiet}
+        return Step(groups, findings)
 
     def fire(self, state: State, now: Instant) -> Step[State]:
         return Step(state)  # no deadlines: windows move with events

@@ -89,6 +89,20 @@ def test_a_late_delivery_resolves_the_same_exception() -> None:
     assert resolved.evidence == ("e-2", "e-3")
 
 
+def test_a_delivery_after_the_deadline_before_the_clock_fired_opens_and_resolves() -> None:
+    # The clock lags event time (allowed lateness): the delivery at 60h is seen before the
+    # clock reaches the 52h deadline. It was still missing at 52h.
+    state = MISSING.initial()
+    for e in (PLACED, SHIPPED, ev(3, "order.delivered", 60)):
+        step = MISSING.observe(state, e, at(0).timestamp())
+        state = step.state
+    opened, resolved = step.findings
+    assert (opened.status, resolved.status) == ("open", "resolved")
+    assert opened.event_time == at(52).timestamp()
+    assert opened.exception_id == resolved.exception_id
+    assert MISSING.fire(state, at(500).timestamp()).findings == ()
+
+
 def test_delivery_seen_before_the_shipment_keeps_it_closed() -> None:
     assert play([ev(3, "order.delivered", 5), SHIPPED], clock=500) == []
 

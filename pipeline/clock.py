@@ -1,0 +1,88 @@
+"""The detectors' clock: event time per partition, with a wall-clock fallback for idle input.
+
+Event time drives every decision. A partition is fed by several inputs (the interactions and
+orders topics, and the re-key topic); each input keeps the newest event time it has seen (its
+*high mark*). The partition's clock, its watermark, is the smallest high mark of the inputs
+that are active, minus the allowed lateness: one topic read ahead of the other cannot push the
+clock past events the other still holds, and events up to `allowed_lateness` out of order are
+still on time (no deadline after them has fired yet). The clock never goes back.
+
+Faust only moves windows when a later event arrives (faust #250, #385), so a partition whose
+input goes quiet would never fire its deadlines. An input with no event for `idle_after` stops
+holding the clock back; when every input is idle, event time keeps running with the wall clock
+from the newest high mark: `high + (wall - last arrival) - idle_after`. A passed deadline thus
+fires about `idle_after` after it passed (plus one tick), with no further input at all.
+
+Late events (older than the clock when they arrive) are counted and then processed like any
+other: they still count in their windows, and a late delivery or cancellation resolves an
+exception that already fired. Nothing is dropped; what already fired is not retracted.
+
+Pure logic: wall time is passed in (None in replay, where only event time exists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NEVER = float("-inf")
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    """The clock of one partition, fed by one or more inputs."""
+
+    lateness: float
+    idle_after: float
+    mark: float = NEVER  # the clock's value so far: it never goes back
+    highs: dict[str, float] = field(default_factory=dict)  # input -> newest event time
+    arrived: dict[str, float] = field(default_factory=dict)  # input -> wall time of last event
+    restored: tuple[float, float] | None = None  # (mark, wall time it was recorded)
+
+    def expect(self, sources: tuple[str, ...], wall: float) -> None:
+        """Inputs known in advance (live: the source topics): until one has been seen or has been
+        quiet for `idle_after`, it holds the clock back, as a topic read behind the others would."""
+        for source in sources:
+            if source not in self.highs:
+                self.highs[source] = NEVER
+                self.arrived[source] = wall
+
+    def observe(self, source: str, event_time: float, wall: float | None) -> bool:
+        """Take one event's time from input `source` as it arrives; return whether it is late."""
+        late = event_time < self.now(wall)
+        self.highs[source] = max(self.highs.get(source, NEVER), event_time)
+        if wall is not None:
+            self.arrived[source] = wall
+        return late
+
+    def now(self, wall: float | None = None) -> float:
+        """The clock at wall time `wall` (None: event time only, as in replay)."""
+        active = [
+            high
+            for source, high in self.highs.items()
+            if wall is None or wall - self.arrived.get(source, wall) < self.idle_after
+        ]
+        if active:
+            clock = min(active) - self.lateness
+        elif wall is not None and any(h != NEVER for h in self.highs.values()):
+            clock = max(
+                high + (wall - self.arrived[source]) - self.idle_after
+                for source, high in self.highs.items()
+                if high != NEVER
+            )
+        elif self.restored is not None and wall is not None:
+            mark, at = self.restored
+            clock = mark + max(0.0, wall - at - self.idle_after)
+        else:
+            clock = NEVER  # nothing seen: no customer here has a deadline yet
+        self.mark = max(self.mark, clock)
+        return self.mark
+
+    def advance(self, until: float) -> float:
+        """Move the clock to `until` (replay: the end of input)."""
+        self.mark = max(self.mark, until)
+        return self.mark
+
+    def restore(self, mark: float, at_wall: float) -> None:
+        """Resume from a clock value recorded at wall time `at_wall` (after a restart)."""
+        self.mark = max(self.mark, mark)
+        self.restored = (mark, at_wall)

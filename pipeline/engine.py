@@ -1,0 +1,188 @@
+"""The engine: every rule of the config run over one customer's state, on a clock passed in.
+
+The live worker (`pipeline/worker.py`) and the offline replay (`pipeline/replay.py`) both call
+`Engine.observe` for each event and `Engine.fire` when a customer's deadline is due, so live and
+replay run the same code on the same state and cannot disagree. No I/O, no clock reads.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.detectors.base import Finding, epoch
+from pipeline.models import ExceptionRecord, SourcePosition
+from pipeline.rules import build
+from pipeline.state import CustomerState
+
+_PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    detector: Any
+    version: str
+    severity: str
+
+
+class Engine:
+    """All rules of one config, as pure functions of (customer state, event, clock)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = [
+            _Compiled(name, build(name, rule), rule.version(), rule.severity)
+            for name, rule in config.rules.items()
+        ]
+        self._by_name = {r.name: r for r in self.rules}
+
+    def observe(
+        self, state: CustomerState, event: Mapping[str, Any], clock: float
+    ) -> tuple[CustomerState, list[Finding]]:
+        """One event of this customer: deadlines due by `clock` fire first, then every rule
+        sees the event. Returns the new state and what was found, in order."""
+        fired, findings = self.fire(state, clock)
+        rules = dict(fired.rules)
+        for r in self.rules:
+            step = r.detector.observe(self._state(rules, r), event, clock)
+            rules[r.name] = [r.version, step.state]
+            findings.extend(step.findings)
+        profile = fired.profile
+        if event.get("type") == "customer.profile" and _newer(event, profile):
+            profile = {
+                k: _plain(v) for k, v in event.items() if k not in _PROFILE_SKIP and v is not None
+            }
+        return replace(fired, rules=rules, profile=profile), findings
+
+    def fire(self, state: CustomerState, clock: float) -> tuple[CustomerState, list[Finding]]:
+        """Deadlines of this customer that passed by `clock`."""
+        rules = {k: v for k, v in state.rules.items() if k in self._by_name}
+        findings: list[Finding] = []
+        for r in self.rules:
+            if r.name not in rules:
+                continue
+            current = self._state(rules, r)
+            due = r.detector.next_deadline(current)
+            if due is None or due > clock:
+                continue
+            step = r.detector.fire(current, clock)
+            rules[r.name] = [r.version, step.state]
+            findings.extend(step.findings)
+        return replace(state, rules=rules), findings
+
+    def next_deadline(self, state: CustomerState) -> float | None:
+        """When `fire` next has something to do for this customer, or None."""
+        due = [
+            r.detector.next_deadline(self._state(state.rules, r))
+            for r in self.rules
+            if r.name in state.rules
+        ]
+        return min((d for d in due if d is not None), default=None)
+
+    def record(
+        self,
+        finding: Finding,
+        detected_at: datetime,
+        source: SourcePosition | None,
+        context: Mapping[str, Any],
+    ) -> ExceptionRecord:
+        """The contract's exception record for a finding (route comes with the routers)."""
+        rule = self._by_name[finding.rule]
+        return ExceptionRecord(
+            exception_id=finding.exception_id,
+            rule=finding.rule,
+            kind=finding.kind,
+            status=finding.status,
+            severity=rule.severity,
+            customer_id=finding.customer_id,
+            subject=dict(finding.subject),
+            event_time=datetime.fromtimestamp(finding.event_time, UTC),
+            detected_at=detected_at,
+            evidence=list(finding.evidence),
+            context=dict(context),
+            rule_version=rule.version,
+            source=source,
+        )
+
+    def _state(self, rules: Mapping[str, Any], r: _Compiled) -> Any:
+        saved = rules.get(r.name)
+        if saved is None or saved[0] != r.version:
+            return r.detector.initial()  # new or changed rule: start afresh
+        return saved[1]
+
+
+def context_of(state: CustomerState) -> dict[str, Any]:
+    """What a handler sees about the customer (grows into full context with the routers)."""
+    return {"profile": dict(state.profile) if state.profile else None}
+
+
+def _newer(event: Mapping[str, Any], profile: Mapping[str, Any] | None) -> bool:
+    if not profile or "occurred_at" not in profile:
+        return True
+    return epoch(event["occurred_at"]) >= epoch(profile["occurred_at"])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)  # Decimal and friends
+
+
+@dataclass
+class DeadlineIndex:
+    """Which customers of a partition have a deadline due: a heap with lazy deletion.
+
+    Only the latest deadline pushed per customer is live; older heap entries are skipped when
+    popped. Held in memory and rebuilt from the table after a rebalance or restart.
+    """
+
+    heaps: dict[int, list[tuple[float, bytes]]] = field(default_factory=dict)
+    live: dict[bytes, float] = field(default_factory=dict)
+
+    def set(self, partition: int, customer: bytes, deadline: float | None) -> None:
+        """Record a customer's next deadline (None: nothing pending)."""
+        if deadline is None:
+            self.live.pop(customer, None)
+            return
+        if self.live.get(customer) == deadline:
+            return
+        self.live[customer] = deadline
+        heapq.heappush(self.heaps.setdefault(partition, []), (deadline, customer))
+
+    def due(self, partition: int, clock: float) -> Iterator[bytes]:
+        """Customers of `partition` whose deadline is at or before `clock`, earliest first."""
+        heap = self.heaps.get(partition)
+        while heap and heap[0][0] <= clock:
+            deadline, customer = heapq.heappop(heap)
+            if self.live.get(customer) == deadline:
+                del self.live[customer]
+                yield customer
+
+    def clear(self) -> None:
+        self.heaps.clear()
+        self.live.clear()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+
+def event_dict(event: Any) -> dict[str, Any]:
+    """A validated event as the detectors read it: its fields, defaults applied."""
+    data: dict[str, Any] = event.model_dump()
+    return data
+
+
+def occurred(event: Mapping[str, Any]) -> float:
+    """An event's time in seconds since the epoch."""
+    return epoch(event["occurred_at"])

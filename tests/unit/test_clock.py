@@ -1,0 +1,74 @@
+"""The partition clock with an injected wall clock: watermark, lateness, idleness, restore."""
+
+from __future__ import annotations
+
+from pipeline.clock import NEVER, PartitionClock
+
+L, IDLE = 300.0, 1.0  # allowed lateness 5 min, idle after 1 s
+T = 1_800_000_000.0  # an event time
+W = 2_000_000_000.0  # a wall time, far from event time (history being re-published)
+
+
+def clock() -> PartitionClock:
+    return PartitionClock(lateness=L, idle_after=IDLE)
+
+
+def test_the_watermark_trails_the_newest_event_by_the_allowed_lateness() -> None:
+    c = clock()
+    assert c.now(W) == NEVER
+    c.observe("orders", T, W)
+    assert c.now(W + 0.5) == T - L
+    c.observe("orders", T - 100, W + 0.6)  # out of order, within lateness: the clock holds
+    assert c.now(W + 0.7) == T - L
+
+
+def test_an_event_older_than_the_clock_is_late_and_the_clock_never_goes_back() -> None:
+    c = clock()
+    c.observe("orders", T, W)
+    assert c.observe("orders", T - L - 1, W + 0.1) is True
+    assert c.observe("orders", T - L, W + 0.2) is False  # exactly at the clock: on time
+    assert c.now(W + 0.3) == T - L
+
+
+def test_a_topic_read_ahead_cannot_move_the_clock_past_the_other() -> None:
+    c = clock()
+    c.expect(("interactions", "orders"), W)
+    c.observe("interactions", T + 3600, W)
+    assert c.now(W + 0.5) == NEVER  # orders not seen yet, and not idle yet
+    c.observe("orders", T, W + 0.6)
+    assert c.now(W + 0.7) == T - L  # the smaller of the two
+
+
+def test_an_input_quiet_for_idle_after_stops_holding_the_clock() -> None:
+    c = clock()
+    c.expect(("interactions", "orders"), W)
+    c.observe("interactions", T, W + 0.5)
+    assert c.now(W + 0.9) == NEVER
+    assert c.now(W + 1.2) == T - L  # orders has been quiet since W: idle
+
+
+def test_with_all_input_quiet_event_time_runs_with_the_wall_clock() -> None:
+    c = clock()
+    c.observe("orders", T, W)
+    assert c.now(W + 0.99) == T - L
+    assert c.now(W + 1.0) == T  # quiet for idle_after: from the newest event time on
+    assert c.now(W + 11.0) == T + 10.0
+    # A deadline 3 s after the last event fires idle_after after it passed.
+    assert c.now(W + 3.0 + IDLE) >= T + 3.0
+
+
+def test_replay_has_no_wall_clock_and_can_be_moved_to_the_end() -> None:
+    c = clock()
+    c.observe("orders", T, None)
+    c.observe("interactions", T + 50, None)
+    assert c.now(None) == T - L
+    assert c.advance(T + 3600) == T + 3600
+
+
+def test_a_restored_clock_resumes_and_counts_the_time_it_was_down() -> None:
+    c = clock()
+    c.restore(T, W)
+    assert c.now(W + 0.5) == T
+    assert c.now(W + 61.0) == T + 60.0
+    c.observe("orders", T + 10, W + 62.0)  # input again: the clock does not go back
+    assert c.now(W + 62.5) == T + 61.0  # where it was when the event came
