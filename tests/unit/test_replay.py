@@ -51,7 +51,8 @@ def test_the_sample_yields_one_exception_per_story() -> None:
         ("missing_delivery", "cust-ana", "open"),
         ("repeat_maintenance", "cust-ben", "open"),
     ]
-    assert r.summary.duplicates == 1 and r.summary.invalid == 0
+    assert r.summary.duplicates == 1
+    assert r.summary.invalid == 0
 
 
 def test_the_same_input_gives_the_same_output_byte_for_byte() -> None:
@@ -134,7 +135,8 @@ def test_a_changed_rule_starts_from_a_fresh_state_and_a_removed_rule_is_dropped(
     _, found = Engine(CONFIG).observe(state, second, 0.0)
     assert [f.rule for f in found] == ["repeat_maintenance"]
     after, found = Engine(changed).observe(state, second, 0.0)
-    assert found == [] and set(after.rules) == {"repeat_maintenance"}
+    assert found == []
+    assert set(after.rules) == {"repeat_maintenance"}
 
 
 def test_the_latest_profile_is_kept_for_context() -> None:
@@ -167,4 +169,5 @@ def test_cli_replay_rejects_an_until_without_a_clear_time(until: str) -> None:
         text=True,
     )
     assert done.returncode == 2
-    assert "--until" in done.stderr and ("offset" in done.stderr or "RFC 3339" in done.stderr)
+    assert "--until" in done.stderr
+    assert "offset" in done.stderr or "RFC 3339" in done.stderr
