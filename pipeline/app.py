@@ -40,6 +40,9 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
+        # How long a crashed worker keeps its partitions before the others take them over.
+        broker_session_timeout=p.session_timeout.total_seconds(),
+        broker_heartbeat_interval=min(3.0, p.session_timeout.total_seconds() / 3),
         # Room for a dead letter that carries an oversized original unchanged.
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,

@@ -9,9 +9,15 @@ still on time (no deadline after them has fired yet). The clock never goes back.
 
 Faust only moves windows when a later event arrives (faust #250, #385), so a partition whose
 input goes quiet would never fire its deadlines. An input with no event for `idle_after` stops
-holding the clock back; when every input is idle, event time keeps running with the wall clock
-from the newest high mark: `high + (wall - last arrival) - idle_after`. A passed deadline thus
-fires about `idle_after` after it passed (plus one tick), with no further input at all.
+holding the clock back. When every input is idle:
+- live input (the newest event is within `allowed_lateness` of the wall clock) follows the wall
+  clock, `idle_after` behind it: a deadline that has passed fires about `idle_after` after it
+  passed (plus one tick), with no further input at all;
+- history being re-published (events far older than the wall clock) keeps running from its
+  newest event time at wall-clock speed, `high + (wall - last arrival) - idle_after`, so a
+  pause in a backfill does not jump its clock to today (use `casewatch replay` for history).
+An event that arrives more than `idle_after` after its own time, after such a pause, is late:
+set `idle_after` above the producers' usual delay.
 
 Late events (older than the clock when they arrive) are counted and then processed like any
 other: they still count in their windows, and a late delivery or cancellation resolves an
@@ -64,11 +70,11 @@ class PartitionClock:
         if active:
             clock = min(active) - self.lateness
         elif wall is not None and any(h != NEVER for h in self.highs.values()):
-            clock = max(
-                high + (wall - self.arrived[source]) - self.idle_after
-                for source, high in self.highs.items()
-                if high != NEVER
-            )
+            seen = {src: h for src, h in self.highs.items() if h != NEVER}
+            clock = max(h + (wall - self.arrived[src]) - self.idle_after for src, h in seen.items())
+            if wall - max(seen.values()) <= self.lateness:
+                # Live input (its newest event is recent): follow the wall clock itself.
+                clock = max(clock, wall - self.idle_after)
         elif self.restored is not None and wall is not None:
             mark, at = self.restored
             clock = mark + max(0.0, wall - at - self.idle_after)

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from pipeline.durations import Duration, parse_duration
 from pipeline.errors import ConfigError
@@ -36,9 +43,20 @@ class PipelineSettings(_Section):
     replication_factor: int = Field(default=1, ge=1, le=10)
     allowed_lateness: Duration = timedelta(minutes=5)
     idle_after: Duration = timedelta(seconds=1)
+    session_timeout: Duration = timedelta(seconds=10)
     dedupe_window: Duration = timedelta(days=7)
     dedupe_max_ids: int = Field(default=256, ge=1, le=100_000)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+
+    @field_validator("session_timeout")
+    @classmethod
+    def _session(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=6) <= value <= timedelta(minutes=30):
+            raise ValueError(
+                "must be between 6s and 30m (the brokers' group.min/max.session.timeout.ms)"
+            )
+        return value
 
 
 class TopicSettings(_Section):
@@ -115,7 +133,7 @@ class Runtime(BaseModel):
     config_path: str | None = None
     metrics_port: int = 9464
     state_dir: str = "./casewatch-data"
-    store: str = "memory://"
+    store: str = "rocksdb://"  # memory:// rebuilds from the changelog at every start
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Runtime:

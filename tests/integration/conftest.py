@@ -8,6 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pipeline.config import DEFAULT_CONFIG
 
 
 @pytest.fixture(scope="session")
@@ -27,19 +30,11 @@ def unique() -> str:
 
 @pytest.fixture
 def config_file(tmp_path: Path, unique: str) -> Path:
-    """A config whose topics and group are this test's alone."""
+    """The shipped config (its rules included), with topics and group this test's alone."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["pipeline"] |= {"app_id": unique, "partitions": 3}
+    for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
+        data["topics"][name] = f"{unique}.{name}"
     file = tmp_path / "casewatch.yaml"
-    file.write_text(
-        f"""version: 1
-pipeline:
-  app_id: {unique}
-  partitions: 3
-topics:
-  interactions: {unique}.interactions
-  orders: {unique}.orders
-  resolutions: {unique}.resolutions
-  exceptions: {unique}.exceptions
-  dlq: {unique}.dlq
-"""
-    )
+    file.write_text(yaml.safe_dump(data, sort_keys=False))
     return file

@@ -27,6 +27,11 @@ class Worker:
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.proc, self.port, self.log = proc, port, log
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no final commit, as in a crash."""
+        self.proc.kill()
+        self.proc.wait(30)
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a sample over the series that carry `labels`; 0 before the first one."""
         try:
@@ -51,9 +56,11 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 90.0) -> Non
 
 
 @contextmanager
-def run_worker(config: Path, bootstrap: str, tmp: Path) -> Iterator[Worker]:
+def run_worker(
+    config: Path, bootstrap: str, tmp: Path, store: str = "memory://"
+) -> Iterator[Worker]:
     """Create the topics, start a worker, stop it (SIGTERM) afterwards."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CASEWATCH_STORE": store}
     subprocess.run(
         [sys.executable, "-m", "pipeline", "topics", "--config", str(config)],
         env=env,

@@ -47,7 +47,17 @@ def test_an_input_quiet_for_idle_after_stops_holding_the_clock() -> None:
     assert c.now(W + 1.2) == T - L  # orders has been quiet since W: idle
 
 
-def test_with_all_input_quiet_event_time_runs_with_the_wall_clock() -> None:
+def test_live_input_gone_quiet_follows_the_wall_clock() -> None:
+    c = clock()
+    c.observe("orders", W - 8.0, W)  # a real-time event that took 8 s to arrive
+    assert c.now(W + 0.5) == W - 8.0 - L
+    assert c.now(W + 1.0) == W  # quiet for idle_after: the wall clock, idle_after behind
+    assert c.now(W + 5.0) == W + 4.0
+    # An event that was 8 s on its way, arriving after the pause, is late (and still processed).
+    assert c.observe("orders", W + 5.0 - 8.0, W + 5.0) is True
+
+
+def test_a_quiet_backfill_of_history_runs_from_its_newest_event_at_wall_speed() -> None:
     c = clock()
     c.observe("orders", T, W)
     assert c.now(W + 0.99) == T - L
