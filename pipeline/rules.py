@@ -35,6 +35,10 @@ def parse_condition(text: str) -> Matcher:
             f"{text!r} is not a condition: write 'field op value' with op one of =, !=, =~, !~, in"
         )
     name, op, value = found.group(1), found.group(2).strip(), found.group(3).strip("\"'")
+    if op == "=" and value.startswith("="):
+        raise ValueError(
+            f"{text!r}: '==' is not an operator: write '{name} = {value[1:].strip()}'"
+        )
     if op == "in":
         return Matcher(name, op, tuple(v.strip() for v in value.split(",")))
     try:

@@ -37,3 +37,16 @@ def test_schemas_writes_every_file(tmp_path: Path) -> None:
         "exception-record.schema.json",
         "resolution.schema.json",
     ]
+
+
+def test_worker_refuses_a_bad_rule_before_touching_kafka(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "rules:\n  loud:\n    kind: threshold\n    when: ['type == interaction.contact']\n"
+        "    count: 3\n    window: 1h\n"
+    )
+    result = run("worker", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: 1 problem" in result.stderr
+    assert "rules.loud.threshold.when" in result.stderr
+    assert "'==' is not an operator: write 'type = interaction.contact'" in result.stderr

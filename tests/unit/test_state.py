@@ -41,3 +41,55 @@ def test_at_most_max_ids_are_kept_newest_first() -> None:
 def test_empty_table_value_is_a_new_customer() -> None:
     assert CustomerState.from_bytes(None) == CustomerState()
     assert len(CustomerState().remember("e", 0.0, WEEK, 4).to_bytes()) < 100  # type: ignore[union-attr]
+
+
+def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
+    """Ten contacts a day for a year, weekly complaints, an order every other day: windows
+    expire, closed orders age out, remembered ids are capped; the state does not grow with time."""
+    import io
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+
+    from pipeline.config import load_config
+    from pipeline.replay import Replay
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    replay = Replay(load_config(), errors=io.StringIO())
+    sizes = []
+    n = 0
+
+    def line(type_: str, at: datetime, **fields: str) -> bytes:
+        nonlocal n
+        n += 1
+        return orjson.dumps(
+            {
+                "event_id": f"h{n}",
+                "type": type_,
+                "customer_id": "heavy",
+                "occurred_at": at.isoformat(),
+                **fields,
+            }
+        )
+
+    for day in range(365):
+        lines = [
+            line(
+                "interaction.contact",
+                t0 + timedelta(days=day, minutes=30 * k),
+                channel="call",
+                category=f"cat-{k % 5}",
+            )
+            for k in range(10)
+        ]
+        if day % 2 == 0:
+            lines.append(
+                line("order.shipped", t0 + timedelta(days=day, hours=9), order_id=f"o{day}")
+            )
+            lines.append(
+                line("order.delivered", t0 + timedelta(days=day, hours=30), order_id=f"o{day}")
+            )
+        list(replay.feed(lines))
+        sizes.append(len(replay.states["heavy"]))
+    assert max(sizes[60:]) <= 1.2 * max(sizes[30:60])  # flat after the first month
+    assert sizes[-1] < 8 * 1024
