@@ -11,7 +11,7 @@ import faust
 from pipeline.config import Config, Runtime
 from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
-from pipeline.worker import TICK, Ingest
+from pipeline.worker import TICK, DispatchStep, Ingest
 
 log = logging.getLogger(__name__)
 _RAW: dict[str, Any] = {
@@ -61,6 +61,13 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     )
     dlq = app.topic(t.dlq, **_RAW)
     exceptions = app.topic(t.exceptions, **_RAW)
+    resolutions = app.topic(t.resolutions, partitions=p.partitions, **_RAW)
+    # Routing needs a global view of each handler's open count: one partition decides.
+    dispatch = app.topic(f"{p.app_id}-dispatch", partitions=1, internal=True, **_RAW)
+    handler_topics = {
+        config.handler_topic(h): TopicSink(app.topic(config.handler_topic(h), **_RAW))
+        for h in config.handlers
+    }
     # Faust picks a table's serializers from key_type/value_type: bytes means raw.
     customers = app.Table(
         "customers",
@@ -82,9 +89,23 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         dlq=DeadLetterSink(TopicSink(dlq)),
         rekey=TopicSink(rekey),
         rekey_topic=rekey_name,
-        exceptions=TopicSink(exceptions),
+        dispatch=TopicSink(dispatch),
         table=customers,
         clocks_table=_TextKeys(clocks),
+    )
+    entries = app.Table(
+        "dispatch",
+        partitions=1,
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(**_RAW),
+    )
+    router = DispatchStep(
+        config=config,
+        metrics=metrics,
+        table=entries,
+        handler_sink=handler_topics.__getitem__,
+        log_sink=TopicSink(exceptions),
     )
 
     async def consume(stream: Any) -> None:
@@ -99,6 +120,22 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     app.agent(rekey, name="rekeyed")(consume)
     app.agent(ticks, name="tick")(tick)
 
+    async def resolve(stream: Any) -> None:
+        async for event in stream.events():
+            await ingest.resolution(event.message)
+
+    async def route(stream: Any) -> None:
+        async for event in stream.events():
+            await router.handle(event.message.value)
+
+    app.agent(resolutions, name="resolutions")(resolve)
+    app.agent(dispatch, name="dispatch")(route)
+
+    async def dispatch_recovered() -> None:
+        router.recovered(entries.items())
+
+    entries.on_recover(dispatch_recovered)
+
     async def recovered() -> None:
         ingest.recovered(customers.items(), ((k.decode(), v) for k, v in clocks.items()))
 
@@ -107,10 +144,12 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     @app.timer(TICK)  # type: ignore[untyped-decorator]
     async def send_ticks() -> None:
         # Each worker ticks the partitions it owns; the tick comes back to it through Kafka.
-        name = ticks.get_topic_name()
+        name, routing = ticks.get_topic_name(), dispatch.get_topic_name()
         for tp in app.consumer.assignment():
             if tp.topic == name:
                 await ticks.send(key=None, value=b"", partition=tp.partition)
+            elif tp.topic == routing:
+                await dispatch.send(key=None, value=b'{"tick":true}', partition=0)
 
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:

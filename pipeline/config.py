@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -24,6 +25,7 @@ from pydantic import (
 
 from pipeline.durations import Duration, parse_duration
 from pipeline.errors import ConfigError
+from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree
 from pipeline.rules import Rule
 
 __all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration"]
@@ -47,7 +49,6 @@ class PipelineSettings(_Section):
     dedupe_window: Duration = timedelta(days=7)
     dedupe_max_ids: int = Field(default=256, ge=1, le=100_000)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
-
 
     @field_validator("session_timeout")
     @classmethod
@@ -79,6 +80,17 @@ class Config(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     topics: TopicSettings = TopicSettings()
     rules: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], Rule] = {}
+    handlers: dict[str, Handler] = {"triage": Handler()}
+    route: RouteNode = RouteNode(handler="triage")
+    _tree: tuple[Route, list[str]] | None = PrivateAttr(default=None)
+
+    def router(self) -> Route:
+        """The compiled routing tree (validated at load)."""
+        return _compiled(self)[0]
+
+    def handler_topic(self, name: str) -> str:
+        """The Kafka topic of a handler: its `topic`, or the prefix + its name."""
+        return self.handlers[name].topic or f"{self.topics.handler_prefix}{name}"
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -99,9 +111,19 @@ def load_config(path: str | Path | None = None) -> Config:
             str(file), ["(top level): expected a mapping of sections, e.g. 'pipeline:'"]
         )
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(str(file), [_problem(e) for e in exc.errors(include_url=False)]) from None
+    problems = _compiled(config)[1]
+    if problems:
+        raise ConfigError(str(file), problems)
+    return config
+
+
+def _compiled(config: Config) -> tuple[Route, list[str]]:
+    if config._tree is None:
+        config._tree = compile_tree(config.route, config.handlers)
+    return config._tree
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

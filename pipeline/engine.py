@@ -57,7 +57,14 @@ class Engine:
             profile = {
                 k: _plain(v) for k, v in event.items() if k not in _PROFILE_SKIP and v is not None
             }
-        return replace(fired, rules=rules, profile=profile), findings
+        new = replace(
+            fired,
+            rules=rules,
+            profile=profile,
+            recent=_recent(fired.recent, event),
+            orders=_orders(fired.orders, event),
+        )
+        return with_findings(new, findings), findings
 
     def fire(self, state: CustomerState, clock: float) -> tuple[CustomerState, list[Finding]]:
         """Deadlines of this customer that passed by `clock`."""
@@ -73,7 +80,7 @@ class Engine:
             step = r.detector.fire(current, clock)
             rules[r.name] = [r.version, step.state]
             findings.extend(step.findings)
-        return replace(state, rules=rules), findings
+        return with_findings(replace(state, rules=rules), findings), findings
 
     def next_deadline(self, state: CustomerState) -> float | None:
         """When `fire` next has something to do for this customer, or None."""
@@ -116,9 +123,78 @@ class Engine:
         return saved[1]
 
 
-def context_of(state: CustomerState) -> dict[str, Any]:
-    """What a handler sees about the customer (grows into full context with the routers)."""
-    return {"profile": dict(state.profile) if state.profile else None}
+RECENT_MAX = 20  # recent events kept per customer for context
+RECENT_WINDOW = 90 * 86400.0  # ... within this much event time of the newest
+ORDERS_MAX = 20  # open orders kept per customer (the oldest dropped beyond)
+OPEN_MAX = 20  # open exceptions listed per customer (the oldest dropped beyond)
+_DETAIL = ("order_id", "asset_id", "category", "channel")
+
+
+def context_of(state: CustomerState, exception_id: str | None = None) -> dict[str, Any]:
+    """What a handler sees about the customer when an exception fires: the latest profile,
+    recent events (newest first, at most 20 within 90 days), open orders, and the customer's
+    other open exceptions. Bounded: about 4 KB at most."""
+    return {
+        "profile": dict(state.profile) if state.profile else None,
+        "recent_events": [
+            {"occurred_at": _iso(t), "type": kind, "detail": detail}
+            for t, kind, detail in reversed(state.recent)
+        ],
+        "open_orders": [{"order_id": k, **v} for k, v in state.orders.items()],
+        "open_exceptions": [
+            {"exception_id": k, **v} for k, v in state.open.items() if k != exception_id
+        ],
+    }
+
+
+def with_findings(state: CustomerState, findings: list[Finding]) -> CustomerState:
+    """The customer's open exceptions after these findings."""
+    if not findings:
+        return state
+    opened = dict(state.open)
+    for f in findings:
+        if f.status == "open":
+            opened[f.exception_id] = {"rule": f.rule, "status": "open", "subject": dict(f.subject)}
+        else:
+            opened.pop(f.exception_id, None)
+    return replace(state, open=dict(list(opened.items())[-OPEN_MAX:]))
+
+
+def without_open(state: CustomerState, exception_id: str) -> CustomerState:
+    """The state once a handler resolved one of the customer's exceptions."""
+    if exception_id not in state.open:
+        return state
+    return replace(state, open={k: v for k, v in state.open.items() if k != exception_id})
+
+
+def _recent(
+    recent: tuple[tuple[float, str, str], ...], event: Mapping[str, Any]
+) -> tuple[tuple[float, str, str], ...]:
+    t = epoch(event["occurred_at"])
+    detail = next((str(event[k]) for k in _DETAIL if event.get(k)), "")[:64]
+    entries = sorted([*recent, (t, str(event["type"]), detail)], key=lambda e: e[0])
+    newest = entries[-1][0]
+    return tuple(e for e in entries if e[0] > newest - RECENT_WINDOW)[-RECENT_MAX:]
+
+
+def _orders(orders: Mapping[str, Any], event: Mapping[str, Any]) -> Mapping[str, Any]:
+    kind, order_id = str(event.get("type", "")), event.get("order_id")
+    if not order_id or not kind.startswith("order."):
+        return orders
+    if kind in ("order.delivered", "order.cancelled"):
+        return {k: v for k, v in orders.items() if k != order_id}
+    entry = dict(orders.get(order_id, {}))
+    entry["status"] = kind.removeprefix("order.")
+    for name in ("value", "promised_by", "carrier", "tracking_id"):
+        if event.get(name) is not None:
+            entry[name] = _plain(event[name])
+    updated = {k: v for k, v in orders.items() if k != order_id}
+    updated[order_id] = entry
+    return dict(list(updated.items())[-ORDERS_MAX:])
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _newer(event: Mapping[str, Any], profile: Mapping[str, Any] | None) -> bool:

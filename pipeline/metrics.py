@@ -28,6 +28,12 @@ class Metrics:
     detection_latency: Histogram
     watermark_lag: Gauge
     pending_deadlines: Gauge
+    routed: Counter
+    open_exceptions: Gauge
+    capacity: Gauge
+    oldest_open_age: Gauge
+    sla_breaches: Counter
+    resolutions: Counter
     up: Gauge
 
     @classmethod
@@ -91,6 +97,42 @@ class Metrics:
             pending_deadlines=Gauge(
                 "casewatch_pending_deadlines",
                 "Customers with a deadline armed (e.g. shipped orders awaiting delivery).",
+                registry=reg,
+            ),
+            routed=Counter(
+                "casewatch_routed_total",
+                "Exception records sent to a handler, by reason (normal, overflow, escalation, reassigned).",
+                ["handler", "reason"],
+                registry=reg,
+            ),
+            open_exceptions=Gauge(
+                "casewatch_open_exceptions",
+                "Exceptions a handler holds open (routed, not yet resolved).",
+                ["handler"],
+                registry=reg,
+            ),
+            capacity=Gauge(
+                "casewatch_handler_capacity",
+                "Most exceptions a handler may hold open at once (from the config).",
+                ["handler"],
+                registry=reg,
+            ),
+            oldest_open_age=Gauge(
+                "casewatch_oldest_open_age_seconds",
+                "Wall clock minus the event time the handler's oldest open exception was routed to it.",
+                ["handler"],
+                registry=reg,
+            ),
+            sla_breaches=Counter(
+                "casewatch_sla_breaches_total",
+                "Exceptions still open past their handler's resolve_within.",
+                ["handler"],
+                registry=reg,
+            ),
+            resolutions=Counter(
+                "casewatch_resolutions_total",
+                "Handler updates received, by status (acknowledged, resolved, reassigned).",
+                ["handler", "status"],
                 registry=reg,
             ),
             up=Gauge("casewatch_worker_up", "1 while the worker is processing.", registry=reg),

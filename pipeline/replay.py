@@ -32,6 +32,7 @@ from pipeline.errors import InvalidEvent
 from pipeline.ingest import parse_event
 from pipeline.models import ExceptionRecord
 from pipeline.produce import topic_for
+from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.state import CustomerState
 
 
@@ -51,12 +52,15 @@ class Summary:
     duplicates: int = 0
     late: int = 0
     records: Counter[str] = field(default_factory=Counter)
+    routed: Counter[str] = field(default_factory=Counter)
 
     def text(self) -> str:
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(self.records.items())) or "none"
+        by_handler = ", ".join(f"{h} {n}" for h, n in sorted(self.routed.items())) or "none"
         return (
             f"replay: {self.lines} lines, {self.events} events, {self.invalid} invalid, "
-            f"{self.duplicates} duplicates, {self.late} late; exception records: {by_status}"
+            f"{self.duplicates} duplicates, {self.late} late; exception records: {by_status}; "
+            f"to handlers: {by_handler}"
         )
 
 
@@ -75,6 +79,10 @@ class Replay:
             PartitionClock(p.allowed_lateness.total_seconds(), p.idle_after.total_seconds())
             for _ in range(p.partitions)
         ]
+        self.dispatcher = Dispatcher(config, {})
+        self.dispatch_clock = PartitionClock(
+            p.allowed_lateness.total_seconds(), p.idle_after.total_seconds()
+        )
         self.summary = Summary()
         self.newest = float("-inf")
         self.errors = errors if errors is not None else sys.stderr
@@ -121,6 +129,7 @@ class Replay:
         end = self.newest if until is None else until
         for partition, clock in enumerate(self.clocks):
             yield from self._due(partition, clock.advance(end))
+        yield from self._routed(self.dispatcher.fire(self.dispatch_clock.advance(end)))
 
     def _due(self, partition: int, now: float) -> Iterator[ExceptionRecord]:
         for key in list(self.index.due(partition, now)):
@@ -136,13 +145,27 @@ class Replay:
     def _records(
         self, findings: list[Finding], state: CustomerState, at: float
     ) -> Iterator[ExceptionRecord]:
+        """Each finding as a record, through the same dispatcher as live (capacity, overflow,
+        SLA escalation in event time): one line per handler it goes to."""
         detected = datetime.fromtimestamp(at, UTC)
-        context = context_of(state)
         for f in findings:
-            self.summary.records[f.status] += 1
-            yield self.engine.record(
-                f, max(detected, datetime.fromtimestamp(f.event_time, UTC)), None, context
-            )
+            context = context_of(state, f.exception_id)
+            when = max(detected, datetime.fromtimestamp(f.event_time, UTC))
+            record = self.engine.record(f, when, None, context)
+            data = record.model_dump(mode="json", exclude_none=True)
+            self.dispatch_clock.observe("exceptions", f.event_time, None)
+            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.now(None)))
+            yield from self._routed(self.dispatcher.on_exception(data, f.event_time))
+
+    def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:
+        at = datetime.fromtimestamp(max(self.dispatch_clock.mark, 0.0), UTC)
+        updates = stamp(
+            [r for r in routed if r.reason in ("escalation", "update", "reassigned")], at
+        )
+        for r in [r for r in routed if r.reason in ("normal", "overflow")] + updates:
+            self.summary.records[r.record["status"]] += 1
+            self.summary.routed[r.handler] += 1
+            yield ExceptionRecord.model_validate(r.record)
 
 
 def run(

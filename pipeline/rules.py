@@ -2,7 +2,7 @@
 detectors through an explicit registry.
 
 A condition is a string `field op value` with op one of `=`, `!=`, `=~`, `!~`, `in`
-(`tier in gold,platinum`). `when` lists alternatives ("any of"); an alternative that is itself a
+(`tier in gold,platinum`), or a numeric comparison `>`, `>=`, `<`, `<=` (`value >= 500`). `when` lists alternatives ("any of"); an alternative that is itself a
 list needs all of its conditions.
 """
 
@@ -18,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.detectors.absence import AbsenceDetector
 from pipeline.detectors.match import MatchDetector
-from pipeline.detectors.matchers import Matcher
+from pipeline.detectors.matchers import NUMERIC, Matcher
 from pipeline.detectors.threshold import ThresholdDetector
 from pipeline.durations import Duration
 from pipeline.models import Severity
 
-_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=~|!~|!=|=|\s+in\s+)\s*(.*?)\s*$")
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=~|!~|!=|>=|<=|=|>|<|\s+in\s+)\s*(.*?)\s*$")
 Alternative: TypeAlias = str | list[str]
 
 
@@ -32,15 +32,21 @@ def parse_condition(text: str) -> Matcher:
     found = _CONDITION.match(text)
     if not found or not found.group(3):
         raise ValueError(
-            f"{text!r} is not a condition: write 'field op value' with op one of =, !=, =~, !~, in"
+            f"{text!r} is not a condition: write 'field op value' with op one of "
+            "=, !=, =~, !~, in, >, >=, <, <="
         )
     name, op, value = found.group(1), found.group(2).strip(), found.group(3).strip("\"'")
     if op == "=" and value.startswith("="):
-        raise ValueError(
-            f"{text!r}: '==' is not an operator: write '{name} = {value[1:].strip()}'"
-        )
+        raise ValueError(f"{text!r}: '==' is not an operator: write '{name} = {value[1:].strip()}'")
     if op == "in":
         return Matcher(name, op, tuple(v.strip() for v in value.split(",")))
+    if op in NUMERIC:
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(
+                f"{text!r}: {op} compares numbers: write e.g. '{name} {op} 500'"
+            ) from None
     try:
         return Matcher(name, op, value)
     except re.error as exc:

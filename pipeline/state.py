@@ -36,6 +36,11 @@ class CustomerState:
     rules: Mapping[str, Any] = field(default_factory=dict)
     profile: Mapping[str, Any] | None = None
     partition: int | None = None
+    # context: recent events [time, type, detail], newest last; open orders by id; this
+    # customer's open exceptions by id {rule, status, subject}
+    recent: tuple[tuple[float, str, str], ...] = ()
+    orders: Mapping[str, Any] = field(default_factory=dict)
+    open: Mapping[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """Serialise for the table (JSON, with a version to migrate from)."""
@@ -46,6 +51,9 @@ class CustomerState:
                 "rules": self.rules,
                 "profile": self.profile,
                 "p": self.partition,
+                "recent": self.recent,
+                "orders": self.orders,
+                "open": self.open,
             }
         )
 
@@ -60,6 +68,9 @@ class CustomerState:
             rules=raw.get("rules") or {},
             profile=raw.get("profile"),
             partition=raw.get("p"),
+            recent=tuple((t, k, d) for t, k, d in raw.get("recent") or ()),
+            orders=raw.get("orders") or {},
+            open=raw.get("open") or {},
         )
 
     def remember(

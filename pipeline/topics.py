@@ -34,6 +34,7 @@ def wanted(config: Config) -> list[TopicSpec]:
         "max.message.bytes": str(max(2 * 1024 * 1024, 2 * p.max_event_bytes)),
     }
     names = [t.interactions, t.orders, t.resolutions, t.exceptions]
+    names += sorted({config.handler_topic(h) for h in config.handlers})
     specs = [TopicSpec(n, p.partitions, p.replication_factor, keep) for n in names]
     specs.append(TopicSpec(t.dlq, p.partitions, p.replication_factor, dlq))
     return specs

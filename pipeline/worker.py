@@ -18,21 +18,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+from pydantic import ValidationError
 
 from pipeline.clock import NEVER, PartitionClock
 from pipeline.config import Config
-from pipeline.detectors.base import Finding
-from pipeline.engine import DeadlineIndex, Engine, context_of, event_dict, occurred
+from pipeline.detectors.base import Finding, epoch
+from pipeline.engine import (
+    DeadlineIndex,
+    Engine,
+    context_of,
+    event_dict,
+    occurred,
+    without_open,
+)
 from pipeline.errors import InvalidEvent
 from pipeline.ingest import parse_event
 from pipeline.metrics import Metrics
-from pipeline.models import DeadLetter, SourcePosition
+from pipeline.models import DeadLetter, Resolution, SourcePosition
+from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.state import CustomerState
 
@@ -66,7 +75,7 @@ class Ingest:
     dlq: DeadLetterSink
     rekey: Output
     rekey_topic: str
-    exceptions: Output
+    dispatch: Output  # the internal dispatch topic (one partition): routing happens there
     table: Any  # a Faust table (or a dict in tests): customer id bytes -> state bytes
     clocks_table: Any  # partition number (text) -> {"mark": clock, "wall": when recorded}
     engine: Engine = field(init=False)
@@ -134,6 +143,48 @@ class Ingest:
         # Other customers of this partition whose deadline this event's time has passed.
         await self._fire_due(msg.partition, now)
 
+    async def resolution(self, msg: Message) -> None:
+        """A handler's update on `casewatch.resolutions` (keyed by customer): the customer's
+        open exceptions are updated and the update goes on to dispatch. Never raises."""
+        try:
+            async with self.lock:
+                await self._resolution(msg)
+        except Exception as exc:
+            log.exception("internal error on a resolution: offset=%d", msg.offset)
+            await self._dead_letter(
+                msg,
+                f"Casewatch failed on this resolution ({type(exc).__name__}: {exc})",
+                "internal_error",
+            )
+
+    async def _resolution(self, msg: Message) -> None:
+        try:
+            resolution = Resolution.model_validate_json(msg.value or b"")
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(value)"
+            await self._dead_letter(
+                msg,
+                f"not a resolution: {where}: {first['msg']}; expected JSON with exception_id, "
+                "handler, status (acknowledged, resolved or reassigned) and at (RFC 3339 with offset)",
+                "resolution_invalid",
+            )
+            return
+        if not msg.key:
+            await self._dead_letter(
+                msg,
+                "a resolution without a key: key it by the exception's customer_id",
+                "resolution_no_key",
+            )
+            return
+        data = resolution.model_dump(mode="json", exclude_none=True)
+        await self.dispatch.send(msg.key, orjson.dumps({"resolution": data}))
+        if resolution.status == "resolved":
+            state = CustomerState.from_bytes(self.table.get(msg.key))
+            updated = without_open(state, resolution.exception_id)
+            if updated is not state:
+                self.table[msg.key] = updated.to_bytes()
+
     async def tick(self, partition: int) -> None:
         """A clock tick for `partition`: fire every deadline its clock has passed. Never raises."""
         try:
@@ -181,13 +232,13 @@ class Ingest:
     ) -> None:
         if not findings:
             return
-        context = context_of(state)
         for f in findings:
+            context = context_of(state, f.exception_id)
             detected = datetime.now(UTC)
             record = self.engine.record(f, detected, source, context)
-            await self.exceptions.send(
+            await self.dispatch.send(
                 f.customer_id.encode(),
-                orjson.dumps(record.model_dump(mode="json", exclude_none=True)),
+                orjson.dumps({"exception": record.model_dump(mode="json", exclude_none=True)}),
             )
             self.metrics.exceptions.labels(f.rule, record.severity, f.status).inc()
             self.metrics.detection_latency.labels(f.rule).observe(
@@ -235,3 +286,139 @@ class Ingest:
             error_class,
             reason,
         )
+
+
+_DELETED = object()
+
+
+class _Buffered(MutableMapping[str, dict[str, Any]]):
+    """The dispatch table as the dispatcher sees it: reads through, writes held back until
+    `flush()`, so a decision's records are acknowledged before its state is written."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.pending: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        if key in self.pending:
+            value = self.pending[key]
+            if value is _DELETED:
+                raise KeyError(key)
+            return value  # type: ignore[no-any-return]
+        raw = self.table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return orjson.loads(raw)  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.pending[key] = _DELETED
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("the dispatch table is not iterated live; see Dispatcher.rebuild")
+
+    def __len__(self) -> int:
+        raise TypeError("the dispatch table is not sized live")
+
+    def flush(self) -> None:
+        for key, value in self.pending.items():
+            if value is _DELETED:
+                if self.table.get(key.encode()) is not None:
+                    del self.table[key.encode()]
+            else:
+                self.table[key.encode()] = orjson.dumps(value)
+        self.pending.clear()
+
+
+@dataclass
+class DispatchStep:
+    """The single dispatch partition: exceptions and resolutions in, routed records out to the
+    handler topics and the exception log, within each handler's capacity; SLA escalations on
+    the same two clocks as deadlines (event time, wall clock when idle). Never raises."""
+
+    config: Config
+    metrics: Metrics
+    table: Any  # exception id bytes -> entry JSON
+    handler_sink: Any  # (topic name) -> Output
+    log_sink: Output  # casewatch.exceptions: every routed record
+    dispatcher: Dispatcher = field(init=False)
+    store: _Buffered = field(init=False)
+    clock: PartitionClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = _Buffered(self.table)
+        self.dispatcher = Dispatcher(self.config, self.store)
+        p = self.config.pipeline
+        self.clock = PartitionClock(
+            p.allowed_lateness.total_seconds(), p.idle_after.total_seconds()
+        )
+        self.clock.expect(("exceptions",), time.time())
+
+    def recovered(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        self.dispatcher.rebuild((k.decode(), orjson.loads(v)) for k, v in items)
+        self._gauges()
+        log.info("dispatch recovered: %s", self._counts())
+
+    async def handle(self, value: bytes | None) -> None:
+        try:
+            message = orjson.loads(value or b"{}")
+            wall = time.time()
+            out: list[Routed] = []
+            if "exception" in message:
+                record = message["exception"]
+                t = epoch(record["event_time"])
+                self.clock.observe("exceptions", t, wall)
+                out += self.dispatcher.fire(self.clock.now(wall))
+                out += self.dispatcher.on_exception(record, t)
+            elif "resolution" in message:
+                resolution = message["resolution"]
+                t = epoch(resolution["at"])
+                self.clock.observe("resolutions", t, wall)
+                out += self.dispatcher.fire(self.clock.now(wall))
+                out += self.dispatcher.on_resolution(resolution, t)
+                self.metrics.resolutions.labels(resolution["handler"], resolution["status"]).inc()
+            else:  # a tick
+                out += self.dispatcher.fire(self.clock.now(wall))
+            await self._publish(out)
+            self.store.flush()
+            self._gauges()
+        except Exception:
+            log.exception("internal error in dispatch")
+            self.store.pending.clear()
+
+    async def _publish(self, out: list[Routed]) -> None:
+        stamped = stamp([r for r in out if r.reason in ("escalation", "update", "reassigned")])
+        routed = [r for r in out if r.reason in ("normal", "overflow")] + stamped
+        for r in routed:
+            key = str(r.record["customer_id"]).encode()
+            value = orjson.dumps(r.record)
+            await self.handler_sink(self.config.handler_topic(r.handler)).send(key, value)
+            await self.log_sink.send(key, value)
+            if r.reason != "update":
+                self.metrics.routed.labels(r.handler, r.reason).inc()
+            log.info(
+                "routed: %s %s %s -> %s (%s)",
+                r.record["status"],
+                r.record["rule"],
+                r.record["exception_id"],
+                r.handler,
+                r.record["route"]["reason"],
+            )
+        for handler in self.dispatcher.breaches:
+            self.metrics.sla_breaches.labels(handler).inc()
+        self.dispatcher.breaches.clear()
+
+    def _gauges(self) -> None:
+        wall = time.time()
+        for name, handler in self.config.handlers.items():
+            self.metrics.open_exceptions.labels(name).set(self.dispatcher.open_count(name))
+            self.metrics.capacity.labels(name).set(handler.capacity)
+            oldest = self.dispatcher.oldest_open(name)
+            self.metrics.oldest_open_age.labels(name).set(
+                0.0 if oldest is None else max(0.0, wall - oldest)
+            )
+
+    def _counts(self) -> str:
+        return " ".join(f"{h}={self.dispatcher.open_count(h)}" for h in self.config.handlers)

@@ -1,4 +1,5 @@
-"""Conditions on event fields, like Alertmanager matchers: `=`, `!=`, `=~`, `!~`, `in`.
+"""Conditions on event fields, like Alertmanager matchers: `=`, `!=`, `=~`, `!~`, `in`; and
+numeric comparisons `>`, `>=`, `<`, `<=` (a value that is not a number never matches them).
 
 A rule's `when` is a list of condition sets: the event matches when every condition of any one
 set holds ("any of"). A regex matches the whole value, as in Alertmanager.
@@ -6,10 +7,18 @@ set holds ("any of"). A regex matches the whole value, as in Alertmanager.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+NUMERIC: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,11 @@ class Matcher:
             return actual != self.value
         if self.op == "in":
             return actual in self.value
+        if self.op in NUMERIC:
+            try:
+                return NUMERIC[self.op](float(actual), float(str(self.value)))
+            except ValueError:
+                return False
         found = re.fullmatch(str(self.value), actual) is not None
         return found if self.op == "=~" else not found
 

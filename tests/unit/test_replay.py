@@ -36,11 +36,14 @@ def ev(n: int, type_: str, hours: float, customer: str = "c-1", **fields: Any) -
     )
 
 
-def replay(lines: list[bytes], until: datetime | None = None) -> tuple[list[Any], Replay]:
+def replay(
+    lines: list[bytes], until: datetime | None = None, escalations: bool = False
+) -> tuple[list[Any], Replay]:
+    """The records a replay writes; without SLA escalations unless asked for."""
     r = Replay(CONFIG, errors=io.StringIO())
     records = list(r.feed(lines))
     records += list(r.finish(until.timestamp() if until else None))
-    return records, r
+    return [x for x in records if escalations or x.status != "escalated"], r
 
 
 def test_the_sample_yields_one_exception_per_story() -> None:
@@ -52,6 +55,12 @@ def test_the_sample_yields_one_exception_per_story() -> None:
         ("repeat_maintenance", "cust-ben", "open"),
     ]
     assert r.summary.duplicates == 1
+    assert sorted((x.rule, x.route.handler) for x in records) == [
+        ("complaint_cluster", "retention"),
+        ("delivery_failed", "logistics"),
+        ("missing_delivery", "vip"),  # Ana is a gold customer
+        ("repeat_maintenance", "maintenance"),
+    ]
     assert r.summary.invalid == 0
 
 
@@ -84,6 +93,13 @@ def test_a_delivery_after_the_deadline_publishes_resolved_with_the_same_id() -> 
     assert (opened.status, resolved.status) == ("open", "resolved")
     assert opened.exception_id == resolved.exception_id
     assert resolved.evidence == ["e-1", "e-3"]
+    # Routed to logistics, escalated 8 h later to supervisors, who then get the resolution.
+    everything, _ = replay(lines, escalations=True)
+    assert [(x.status, x.route.handler) for x in everything] == [
+        ("open", "logistics"),
+        ("escalated", "supervisors"),
+        ("resolved", "supervisors"),
+    ]
 
 
 def test_a_deadline_fires_for_one_customer_when_another_moves_the_clock() -> None:
@@ -157,7 +173,8 @@ def test_cli_replay_writes_records_and_a_summary(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert len(out.read_text().splitlines()) == 4
+    # 4 exceptions, 2 of them escalated past their handler's resolve_within by the end
+    assert len(out.read_text().splitlines()) == 6
     assert "replay: 12 lines, 11 events, 0 invalid, 1 duplicates" in done.stderr
 
 

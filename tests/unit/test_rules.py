@@ -64,7 +64,7 @@ def test_a_bad_condition_names_its_place_and_the_syntax(tmp_path: Path) -> None:
     (found,) = problems(tmp_path, "  r1:\n    kind: match\n    when: ['type is order.placed']\n")
     assert found == (
         "rules.r1.match.when: 'type is order.placed' is not a condition: "
-        "write 'field op value' with op one of =, !=, =~, !~, in"
+        "write 'field op value' with op one of =, !=, =~, !~, in, >, >=, <, <="
     )
 
 

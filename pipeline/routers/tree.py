@@ -1,0 +1,200 @@
+"""Handlers and the routing tree of the config file, modelled on Alertmanager's route tree.
+
+The declared tree is compiled once into frozen nodes that inherit their parent's handler.
+`match()` is a short depth-first search: the first matching child wins unless it says
+`continue`; a node with no matching child matches itself. Every node has a stable path
+(`root/vip`) used in `route.path` and as a metric label. Routing never touches Kafka.
+
+Routes match on the exception's fields (`rule`, `kind`, `severity`, `status`, `customer_id`),
+the customer's profile (`tier`, `segment`, `region`), the order at stake (`value`, `currency`)
+and the subject (`subject.order_id`), with the rules' condition syntax.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.detectors.matchers import Matcher, matches_any
+from pipeline.durations import Duration
+
+ROUTE_FIELDS = (
+    "rule",
+    "kind",
+    "severity",
+    "status",
+    "customer_id",
+    "tier",
+    "segment",
+    "region",
+    "value",
+    "currency",
+)
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+class Handler(BaseModel):
+    """A team (or app) that resolves exceptions, and how much it can take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str | None = None
+    topic: str | None = None  # default: topics.handler_prefix + name
+    capacity: int = Field(default=100, ge=1, le=1_000_000)
+    resolve_within: Duration = timedelta(hours=24)
+    overflow: str | None = None
+    escalate_to: str | None = None
+
+
+class RouteNode(BaseModel):
+    """One node of the declared tree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str | None = Field(default=None, pattern=_NAME)
+    handler: str | None = None
+    match: list[str | list[str]] = []
+    continue_: bool = Field(default=False, alias="continue")
+    routes: list[RouteNode] = []
+
+
+@dataclass(frozen=True)
+class Route:
+    """A compiled node: its stable path, its (inherited) handler, its conditions."""
+
+    path: str
+    handler: str
+    matchers: tuple[tuple[Matcher, ...], ...]
+    continue_: bool
+    children: tuple[Route, ...]
+
+    def match(self, view: Mapping[str, Any]) -> list[Route]:
+        """The nodes an exception goes to: depth first, first matching child wins unless it
+        says `continue`; a node without a matching child matches itself."""
+        if self.matchers and not matches_any(self.matchers, view):
+            return []
+        found: list[Route] = []
+        for child in self.children:
+            matched = child.match(view)
+            found.extend(matched)
+            if matched and not child.continue_:
+                break
+        return found or [self]
+
+
+def compile_tree(root: RouteNode, handlers: Mapping[str, Handler]) -> tuple[Route, list[str]]:
+    """The compiled tree and every problem found, each as 'path: what to do'."""
+    from pipeline.rules import parse_condition
+
+    problems: list[str] = []
+    known = ", ".join(sorted(handlers)) or "none"
+
+    def check_handler(where: str, name: str | None) -> None:
+        if name is not None and name not in handlers:
+            problems.append(
+                f"{where}: handler {name!r} is not defined under 'handlers' "
+                f"(defined: {known}): define it or fix the name"
+            )
+
+    for name, h in handlers.items():
+        check_handler(f"handlers.{name}.overflow", h.overflow)
+        check_handler(f"handlers.{name}.escalate_to", h.escalate_to)
+        if not re.match(_NAME, name):
+            problems.append(
+                f"handlers.{name}: a handler name is lower case letters, digits, _ or -"
+            )
+
+    if root.match:
+        problems.append(
+            "route.match: the root route matches every exception: remove 'match' "
+            "(put conditions on a child under 'routes')"
+        )
+    if root.handler is None:
+        problems.append(
+            "route.handler: the root route needs a handler: the default for what no child matches"
+        )
+    if root.continue_:
+        problems.append("route.continue: the root route has no siblings: remove 'continue'")
+
+    def build(node: RouteNode, where: str, path: str, inherited: str) -> Route:
+        check_handler(f"{where}.handler", node.handler)
+        matchers: list[tuple[Matcher, ...]] = []
+        for i, alternative in enumerate(node.match):
+            group = []
+            for text in [alternative] if isinstance(alternative, str) else alternative:
+                try:
+                    m = parse_condition(text)
+                except ValueError as exc:
+                    problems.append(f"{where}.match.{i}: {exc}")
+                    continue
+                if m.field not in ROUTE_FIELDS and not m.field.startswith("subject."):
+                    problems.append(
+                        f"{where}.match.{i}: unknown field {m.field!r}: routes match on "
+                        f"{', '.join(ROUTE_FIELDS)} or subject.<field>"
+                    )
+                group.append(m)
+            matchers.append(tuple(group))
+        handler = node.handler or inherited
+        seen: dict[str, int] = {}
+        children = []
+        for i, child in enumerate(node.routes):
+            segment = child.name or child.handler or f"route{i}"
+            if segment in seen:
+                problems.append(
+                    f"{where}.routes.{i}: two sibling routes would both have the path "
+                    f"{path}/{segment}: give each a distinct 'name'"
+                )
+            seen[segment] = i
+            children.append(build(child, f"{where}.routes.{i}", f"{path}/{segment}", handler))
+        return Route(path, handler, tuple(matchers), node.continue_, tuple(children))
+
+    return build(root, "route", "root", root.handler or ""), problems
+
+
+def routing_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat fields a route matches on, from an exception record (as a dict)."""
+    context = record.get("context") or {}
+    profile = context.get("profile") or {}
+    view: dict[str, Any] = {
+        k: record.get(k) for k in ("rule", "kind", "severity", "status", "customer_id")
+    }
+    view |= {k: profile.get(k) for k in ("tier", "segment", "region")}
+    order = _order_at_stake(record, context)
+    value = (order or {}).get("value") or {}
+    view["value"] = value.get("amount")
+    view["currency"] = value.get("currency")
+    view["subject"] = dict(record.get("subject") or {})
+    return view
+
+
+def _order_at_stake(
+    record: Mapping[str, Any], context: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    order_id = (record.get("subject") or {}).get("order_id")
+    for order in context.get("open_orders") or ():
+        if order.get("order_id") == order_id:
+            return dict(order)
+    return None
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """`rule=missing_delivery tier=gold subject.order_id=o-1` -> a routing view."""
+    view: dict[str, Any] = {"subject": {}}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{pair!r}: write field=value, e.g. rule=missing_delivery")
+        if name.startswith("subject."):
+            view["subject"][name.removeprefix("subject.")] = value
+        elif name in ROUTE_FIELDS:
+            view[name] = value
+        else:
+            raise ValueError(
+                f"{pair!r}: unknown field {name!r}: use {', '.join(ROUTE_FIELDS)} or subject.<field>"
+            )
+    return view
