@@ -37,26 +37,28 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline import models
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import CasewatchError
 from pipeline.models import ExceptionRecord, Resolution, ResolutionStatus
 
 log = logging.getLogger(__name__)
 
-EXIT_NOT_FOUND, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 ACTIONS: dict[str, ResolutionStatus] = {"a": "acknowledged", "r": "resolved", "x": "reassigned"}
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"
 PLAIN_WIDTH = 320  # piped output: one line per row, for grep
 REFRESH_SECONDS = 15.0  # ages move on even when nothing arrives
 _SEVERITY = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "green"}
 _STATUS = {"open": "bold", "escalated": "bold magenta", "resolved": "dim"}
+_NOTE = TypeAdapter(models.Text)  # a Resolution's note
 
 
 class HandleError(CasewatchError):
@@ -95,40 +97,66 @@ def newest_first(cases: Mapping[str, Case], show_resolved: bool = False) -> list
     return sorted(kept, key=lambda c: (c.first_seen, c.number), reverse=True)
 
 
+COLUMNS = [
+    "#",
+    "id",
+    "age",
+    "status",
+    "severity",
+    "rule",
+    "customer",
+    "subject",
+    "route",
+    "context",
+]
+
+
 def table(
     shown: Sequence[Case], now: datetime, title: str = "", within: timedelta | None = None
 ) -> Table:
     """The handler's table, rows in the order given. An age past `within` (the handler's
     resolve_within) says `late`. Text from records is never read as rich markup."""
     t = Table(
-        *("#", "id", "age", "status", "severity", "rule", "customer", "subject", "route"),
-        "context",
+        *COLUMNS,
         title=title or None,
         title_justify="left",
         caption=None if shown else "nothing to do",
         box=box.SIMPLE_HEAD,
     )
     for case in shown:
-        r = case.record
-        late = within is not None and r.status != "resolved" and now - case.first_seen > within
         t.add_row(
-            *(Text(str(case.number)), Text(r.exception_id[:8])),
-            Text(age_text(now - case.first_seen) + (" late" if late else ""), "red" if late else ""),
-            Text(r.status, _STATUS[r.status]),
-            Text(r.severity, _SEVERITY[r.severity]),
-            *(Text(r.rule), Text(customer(r)), Text(subject(r))),
-            *(Text(r.route.reason if r.route else "-"), Text(glance(r))),
-            style="dim" if r.status == "resolved" else None,
+            *_cells(case, now, within), style="dim" if case.record.status == "resolved" else None
         )
     return t
+
+
+def _cells(case: Case, now: datetime, within: timedelta | None) -> list[Text]:
+    r, age = case.record, now - case.first_seen
+    late = within is not None and r.status != "resolved" and age > within
+    return [
+        Text(str(case.number)),
+        Text(r.exception_id[:8]),
+        Text(age_text(age) + (" late" if late else ""), "red" if late else ""),
+        Text(r.status, _STATUS[r.status]),
+        Text(r.severity, _SEVERITY[r.severity]),
+        Text(r.rule),
+        Text(customer(r)),
+        Text(subject(r)),
+        Text(r.route.reason if r.route else "-"),
+        Text(glance(r)),
+    ]
 
 
 def age_text(age: timedelta) -> str:
     """How long ago, to the precision a handler needs: 45s, 12m, 5h07m, 3d04h."""
     s = max(0, int(age.total_seconds()))
+    if s < 60:
+        return f"{s}s"
     if s < 3600:
-        return f"{s}s" if s < 60 else f"{s // 60}m"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s < 86400 else f"{s // 86400}d{s % 86400 // 3600:02d}h"
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def customer(record: ExceptionRecord) -> str:
@@ -204,13 +232,16 @@ def encode(answer: Resolution) -> bytes:
     return orjson.dumps(answer.model_dump(mode="json", exclude_none=True))
 
 
-def lookup(cases: Mapping[str, Case], ref: str, topic: str, rows: bool = False) -> Case:
-    """The exception `ref` names: a full exception_id or a unique prefix of one, or (with
-    `rows`, as in the live view) a row number. `HandleError` says why none fits."""
-    if rows and ref.isdigit():
-        found = [c for c in cases.values() if c.number == int(ref)]
+def lookup(
+    cases: Mapping[str, Case], ref: str, topic: str, rows: Sequence[Case] | None = None
+) -> Case:
+    """The exception `ref` names: a full exception_id or a unique prefix of one, or, when the
+    `rows` on screen are given (the live view), a number from their # column. `HandleError`
+    says why none fits; a row not on screen (a hidden resolved one) is not there."""
+    if rows is not None and ref.isdigit():
+        found = [c for c in rows if c.number == int(ref)]
         if not found:
-            raise HandleError(f"no row {ref} on {topic}: use a number from the # column")
+            raise HandleError(f"no row {ref} on screen: use a number from the # column")
         return found[0]
     if ref in cases:
         return cases[ref]
@@ -239,7 +270,7 @@ class Command:
 
 def parse_command(line: str) -> Command:
     """`a N`, `r N [note]`, `x N [note]` or `q`; a `ValueError` with the usage otherwise."""
-    words = line.split(maxsplit=2)
+    words = line.strip().split(maxsplit=2)
     if words in (["q"], ["quit"]):
         return Command(None)
     if len(words) >= 2 and words[0] in ACTIONS:
@@ -266,7 +297,9 @@ async def follow(
         caught_up = False
         while not (once and caught_up):
             fetched = await consumer.getmany(timeout_ms=500)
-            records = [r for msgs in fetched.values() for m in msgs if (r := _decode(m))]
+            records = [
+                r for msgs in fetched.values() for m in msgs if (r := _decode(m)) is not None
+            ]
             reached = caught_up or all([await consumer.position(p) >= ends[p] for p in parts])
             if records or reached != caught_up:
                 yield records, reached
@@ -325,3 +358,255 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
 async def publish(producer: Any, topic: str, record: ExceptionRecord, answer: Resolution) -> None:
     """Send a Resolution keyed by the exception's customer, and wait for the brokers' ack."""
     await producer.send_and_wait(topic, encode(answer), key=record.customer_id.encode())
+
+
+# ---- the live view -------------------------------------------------------------------------
+
+# What the live view waits on: a batch read (with whether it has caught up), a typed line, or
+# the reader's failure.
+_Item: TypeAlias = tuple[list[ExceptionRecord], bool] | str | Exception
+
+
+class Desk:
+    """The live view's state: the exceptions read so far and the lines waiting for them."""
+
+    def __init__(self, config: Config, handler: str, show_resolved: bool) -> None:
+        self.handler, self.show_resolved = handler, show_resolved
+        self.topic = config.handler_topic(handler)
+        self.resolutions = config.topics.resolutions
+        self.within = config.handlers[handler].resolve_within
+        self.cases: dict[str, Case] = {}
+        self.ready = False
+        self.waiting: list[str] = []
+        self.status = f"reading {self.topic} ..."
+
+    def view(self, now: datetime) -> Group:
+        """The table, the last thing that happened, and the commands."""
+        title = f"{self.handler} · {self.topic}"
+        shown = table(newest_first(self.cases, self.show_resolved), now, title, self.within)
+        return Group(shown, Text(self.status), Text(USAGE, "dim"))
+
+    def take(self, item: _Item) -> list[str]:
+        """Fold in what arrived; return the typed lines that can run now (none before the
+        first read has caught up, so `r 3` cannot point at a row not yet read)."""
+        if isinstance(item, Exception):
+            raise item
+        if isinstance(item, str):
+            self.waiting.append(item)
+        else:
+            self.cases = fold(item[0], self.cases)
+            if item[1] and not self.ready:
+                self.ready, self.status = True, f"caught up with {self.topic}"
+        if not self.ready:
+            return []
+        lines, self.waiting = self.waiting, []
+        return lines
+
+    async def command(self, line: str, producer: Any, console: Console) -> bool:
+        """Run one typed line; False when it says quit."""
+        if not line.strip():
+            return True
+        try:
+            command = parse_command(line)
+            if command.status is None:
+                return False
+            shown = newest_first(self.cases, self.show_resolved)
+            case = lookup(self.cases, command.ref, self.topic, shown)
+            answer = resolution(case.record, self.handler, command.status, _now(), command.note)
+        except (ValueError, HandleError) as exc:  # a pydantic ValidationError is a ValueError
+            self.status = str(exc)
+            console.print(Text(self.status, "red"))
+            return True
+        await publish(producer, self.resolutions, case.record, answer)
+        self.status = f"{answer.status} #{case.number} {case.record.exception_id[:8]}"
+        console.print(
+            Text(f"{self.status} for {customer(case.record)}: published {encode(answer).decode()}")
+        )
+        return True
+
+    async def run(self, inbox: asyncio.Queue[_Item], producer: Any, screen: Live) -> int:
+        """Until `q`: fold in records, run commands, redraw."""
+        going = True
+        while going:
+            try:
+                lines = self.take(await asyncio.wait_for(inbox.get(), REFRESH_SECONDS))
+            except TimeoutError:
+                lines = []
+            for line in lines:
+                if not await self.command(line, producer, screen.console):
+                    going = False
+                    break
+            screen.update(self.view(_now()), refresh=True)  # the last one stays on screen
+        return 0
+
+
+def _read_stdin(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[_Item]) -> None:
+    # A daemon thread, not run_in_executor: a blocked read must not hold up the exit.
+    def read() -> None:
+        for line in itertools.chain(sys.stdin, ["q"]):  # the end of input quits
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, line)
+            except RuntimeError:  # the loop has closed: the app is gone
+                return
+
+    threading.Thread(target=read, name="casewatch-stdin", daemon=True).start()
+
+
+async def _pump(bootstrap: str, topic: str, inbox: asyncio.Queue[_Item]) -> None:
+    try:
+        async for batch in follow(bootstrap, topic):
+            inbox.put_nowait(batch)
+    except Exception as exc:  # the view raises it: a reader that died must not look idle
+        inbox.put_nowait(exc)
+
+
+async def live(config: Config, handler: str, bootstrap: str, show_resolved: bool) -> int:
+    """The live view: the table redrawn as records arrive, commands read from stdin."""
+    desk = Desk(config, handler, show_resolved)
+    inbox: asyncio.Queue[_Item] = asyncio.Queue()
+    _read_stdin(asyncio.get_running_loop(), inbox)
+    producer = _producer(bootstrap)
+    await producer.start()
+    reader = asyncio.create_task(_pump(bootstrap, desk.topic, inbox))
+    screen = Live(desk.view(_now()), console=_console(), auto_refresh=False)
+    try:
+        with screen:
+            return await desk.run(inbox, producer, screen)
+    finally:
+        if not screen.console.is_terminal:
+            screen.console.line()  # rich ends the last line on a terminal only
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await producer.stop()
+
+
+# ---- one-shot ------------------------------------------------------------------------------
+
+
+async def print_once(config: Config, handler: str, bootstrap: str, show_resolved: bool) -> int:
+    """Print the table of everything on the handler's topic now, once."""
+    topic = config.handler_topic(handler)
+    cases = await collect(bootstrap, topic)
+    done = sum(c.record.status == "resolved" for c in cases.values())
+    title = f"{handler} · {topic} · {len(cases) - done} unresolved, {done} resolved"
+    if done and not show_resolved:
+        title += " (hidden: --all shows them)"
+    shown = newest_first(cases, show_resolved)
+    _console().print(table(shown, _now(), title, config.handlers[handler].resolve_within))
+    return 0
+
+
+async def one_shot(
+    config: Config,
+    handler: str,
+    bootstrap: str,
+    status: ResolutionStatus,
+    ref: str,
+    note: str | None,
+) -> int:
+    """Publish one Resolution for the exception `ref` names, and print it."""
+    topic = config.handler_topic(handler)
+    case = lookup(await collect(bootstrap, topic), ref, topic)
+    reply = resolution(case.record, handler, status, _now(), note)
+    producer = _producer(bootstrap)
+    await producer.start()
+    try:
+        await publish(producer, config.topics.resolutions, case.record, reply)
+    finally:
+        await producer.stop()
+    key = case.record.customer_id
+    print(f"published to {config.topics.resolutions} (key {key}): {encode(reply).decode()}")
+    return 0
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `casewatch handle`."""
+    p = sub.add_parser(
+        "handle",
+        help="the reference handler app: see a handler's exceptions and answer them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("handler", help="a handler named in the config's `handlers`")
+    p.add_argument(
+        "--config", default=None, help="config file (default: CASEWATCH_CONFIG or built-in)"
+    )
+    p.add_argument(
+        "--all", dest="show_resolved", action="store_true", help="show resolved ones, dimmed"
+    )
+    one = p.add_mutually_exclusive_group()
+    one.add_argument("--once", action="store_true", help="print the table once and exit")
+    for flag, verb in (
+        ("--ack", "acknowledge"),
+        ("--resolve", "resolve"),
+        ("--reassign", "reassign"),
+    ):
+        one.add_argument(flag, metavar="ID", help=f"{verb} ID (an exception_id or a unique prefix)")
+    p.add_argument(
+        "--note", type=_note, default=None, help="a note with --ack/--resolve/--reassign"
+    )
+    p.set_defaults(func=run)
+
+
+def _note(text: str) -> str:
+    try:
+        return _NOTE.validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"is {len(text)} characters: keep it shorter") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """`casewatch handle`; returns the exit code (see the module docstring)."""
+    runtime = Runtime.from_env()
+    config = load_config(args.config or runtime.config_path)
+    if args.handler not in config.handlers:
+        names = ", ".join(config.handlers)
+        return _fail(
+            f"unknown handler {args.handler!r}: the configured ones are {names}", EXIT_USAGE
+        )
+    acts: list[tuple[ResolutionStatus, str | None]] = [
+        ("acknowledged", args.ack),
+        ("resolved", args.resolve),
+        ("reassigned", args.reassign),
+    ]
+    act: tuple[ResolutionStatus, str] | None = next(
+        ((status, ref) for status, ref in acts if ref is not None), None
+    )
+    if args.note is not None and act is None:
+        return _fail("--note goes with --ack, --resolve or --reassign", EXIT_USAGE)
+    try:
+        return asyncio.run(_main(args, config, runtime.bootstrap_servers, act))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except HandleError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KafkaError as exc:
+        return _fail(f"Kafka at {runtime.bootstrap_servers}: {exc}", EXIT_FAILED)
+
+
+async def _main(
+    args: argparse.Namespace,
+    config: Config,
+    bootstrap: str,
+    act: tuple[ResolutionStatus, str] | None,
+) -> int:
+    if act is not None:
+        return await one_shot(config, args.handler, bootstrap, *act, args.note)
+    mode = print_once if args.once else live
+    return await mode(config, args.handler, bootstrap, args.show_resolved)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"casewatch: handle: {message}", file=sys.stderr)
+    return code
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else PLAIN_WIDTH)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
