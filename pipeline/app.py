@@ -106,6 +106,8 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         table=entries,
         handler_sink=handler_topics.__getitem__,
         log_sink=TopicSink(exceptions),
+        dlq=DeadLetterSink(TopicSink(dlq)),
+        topic=dispatch.get_topic_name(),
     )
 
     async def consume(stream: Any) -> None:
@@ -126,7 +128,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
     async def route(stream: Any) -> None:
         async for event in stream.events():
-            await router.handle(event.message.value)
+            await router.handle(event.message.value, event.message.offset)
 
     app.agent(resolutions, name="resolutions")(resolve)
     app.agent(dispatch, name="dispatch")(route)
@@ -144,12 +146,10 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     @app.timer(TICK)  # type: ignore[untyped-decorator]
     async def send_ticks() -> None:
         # Each worker ticks the partitions it owns; the tick comes back to it through Kafka.
-        name, routing = ticks.get_topic_name(), dispatch.get_topic_name()
+        name = ticks.get_topic_name()
         for tp in app.consumer.assignment():
             if tp.topic == name:
                 await ticks.send(key=None, value=b"", partition=tp.partition)
-            elif tp.topic == routing:
-                await dispatch.send(key=None, value=b'{"tick":true}', partition=0)
 
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:

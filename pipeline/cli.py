@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from pipeline import __version__
+from pipeline import __version__, handle
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import ConfigError
 
@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
         help="RFC 3339 time the clock advances to at the end (default: the last event's time)",
     )
     r.set_defaults(func=_replay)
+
+    ro = sub.add_parser("routes", help="the routing tree: test where an exception would go")
+    rsub = ro.add_subparsers(title="routes commands")
+    rt = rsub.add_parser(
+        "test", help="print the matched route path(s) and handler for some exception fields"
+    )
+    rt.add_argument("fields", nargs="*", help="field=value, e.g. rule=missing_delivery tier=gold")
+    rt.add_argument("--config", default=None)
+    rt.set_defaults(func=_routes_test)
+
+    handle.add_parser(sub)
 
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
@@ -138,6 +149,25 @@ def _worker(args: argparse.Namespace) -> int:
         metrics.serve(runtime.metrics_port)
     app = build_app(config, runtime, metrics)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+def _routes_test(args: argparse.Namespace) -> int:
+    from pipeline.routers.tree import parse_assignments
+
+    config = _config(args.config)
+    try:
+        view = parse_assignments(args.fields)
+    except ValueError as exc:
+        print(f"casewatch: routes test: {exc}", file=sys.stderr)
+        return 2
+    for route in config.router().match(view):
+        h = config.handlers[route.handler]
+        print(
+            f"{route.path}  ->  {route.handler}  (topic {config.handler_topic(route.handler)}, "
+            f"capacity {h.capacity}, overflow {h.overflow or '-'}, "
+            f"escalate_to {h.escalate_to or '-'})"
+        )
     return 0
 
 

@@ -55,6 +55,11 @@ class PartitionClock:
     def observe(self, source: str, event_time: float, wall: float | None) -> bool:
         """Take one event's time from input `source` as it arrives; return whether it is late."""
         late = event_time < self.now(wall)
+        if wall is not None and all(h == NEVER for h in self.highs.values()):
+            # The partition's first event: inputs expected but not seen yet get their
+            # `idle_after` from now, not from when the worker started.
+            for other in self.highs:
+                self.arrived[other] = wall
         self.highs[source] = max(self.highs.get(source, NEVER), event_time)
         if wall is not None:
             self.arrived[source] = wall
@@ -92,3 +97,27 @@ class PartitionClock:
         """Resume from a clock value recorded at wall time `at_wall` (after a restart)."""
         self.mark = max(self.mark, mark)
         self.restored = (mark, at_wall)
+
+
+@dataclass(slots=True)
+class PipelineClock:
+    """The whole pipeline's event time, as the dispatcher sees it: the most advanced of the
+    partitions' clocks. SLA deadlines run on it, so they fire with idle input like the
+    detectors' deadlines. The most advanced, not the slowest: partitions are read in bursts
+    and a partition that is behind (or has only old history) must not hold every handler's
+    SLA back; an update whose own time is past the SLA deadline escalates first anyway, so
+    the outcome depends on event time (see routers/dispatch.py). Never goes back."""
+
+    partitions: dict[int, float] = field(default_factory=dict)
+    mark: float = NEVER
+
+    def report(self, partition: int, clock: float) -> float:
+        """Partition `partition`'s clock is at `clock`; return the pipeline's clock."""
+        if clock is not None and clock != NEVER:
+            self.partitions[partition] = max(self.partitions.get(partition, NEVER), clock)
+            self.mark = max(self.mark, clock)
+        return self.mark
+
+    def advance(self, until: float) -> float:
+        self.mark = max(self.mark, until)
+        return self.mark

@@ -24,7 +24,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.clock import PartitionClock
+from pipeline.clock import PartitionClock, PipelineClock
 from pipeline.config import Config
 from pipeline.detectors.base import Finding
 from pipeline.engine import DeadlineIndex, Engine, context_of, event_dict, occurred
@@ -80,9 +80,7 @@ class Replay:
             for _ in range(p.partitions)
         ]
         self.dispatcher = Dispatcher(config, {})
-        self.dispatch_clock = PartitionClock(
-            p.allowed_lateness.total_seconds(), p.idle_after.total_seconds()
-        )
+        self.dispatch_clock = PipelineClock()
         self.summary = Summary()
         self.newest = float("-inf")
         self.errors = errors if errors is not None else sys.stderr
@@ -110,6 +108,8 @@ class Replay:
             if clock.observe(topic_for(event.type, self.config), t, None):
                 self.summary.late += 1
             now = clock.now(None)
+            self.dispatch_clock.report(partition, now)
+            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
             yield from self._due(partition, now)
             customer = event.customer_id
             state = CustomerState.from_bytes(self.states.get(customer))
@@ -153,8 +153,7 @@ class Replay:
             when = max(detected, datetime.fromtimestamp(f.event_time, UTC))
             record = self.engine.record(f, when, None, context)
             data = record.model_dump(mode="json", exclude_none=True)
-            self.dispatch_clock.observe("exceptions", f.event_time, None)
-            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.now(None)))
+            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
             yield from self._routed(self.dispatcher.on_exception(data, f.event_time))
 
     def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:

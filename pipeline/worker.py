@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
-from pipeline.clock import NEVER, PartitionClock
+from pipeline.clock import NEVER, PartitionClock, PipelineClock
 from pipeline.config import Config
 from pipeline.detectors.base import Finding, epoch
 from pipeline.engine import (
@@ -46,6 +46,7 @@ from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.state import CustomerState
 
 TICK = 0.25  # seconds between clock ticks per partition
+REPORT = 1.0  # a partition's clock goes to dispatch when it moved this much (event time)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Ingest:
     engine: Engine = field(init=False)
     index: DeadlineIndex = field(default_factory=DeadlineIndex)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
+    reported: dict[int, float] = field(default_factory=dict)  # clock last sent to dispatch
     # The ingest, re-key and tick agents run as separate tasks: one customer at a time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -137,7 +139,8 @@ class Ingest:
             updated = replace(updated, partition=msg.partition)
         new, findings = self.engine.observe(updated, data, now)
         source = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-        await self._publish(findings, new, source)  # acknowledged before the state is written
+        # acknowledged before the state is written
+        await self._publish(findings, new, source, msg.partition, now)
         self.table[customer] = new.to_bytes()
         self._index(msg.partition, customer, new)
         # Other customers of this partition whose deadline this event's time has passed.
@@ -195,11 +198,15 @@ class Ingest:
                 await self._fire_due(partition, now)
                 if now != NEVER:
                     self.metrics.watermark_lag.labels(str(partition)).set(wall - now)
-                    saved = self.clocks_table.get(str(partition))
-                    if saved is None or orjson.loads(saved)["mark"] != now:
+                    if now >= self.reported.get(partition, NEVER) + REPORT:
+                        # Dispatch runs SLA deadlines on the partitions' clocks.
+                        await self.dispatch.send(
+                            None, orjson.dumps({"clock": {"p": partition, "t": now}})
+                        )
                         self.clocks_table[str(partition)] = orjson.dumps(
                             {"mark": now, "wall": wall}
                         )
+                        self.reported[partition] = now
         except Exception:
             log.exception("internal error on the clock tick of partition %d", partition)
 
@@ -223,12 +230,17 @@ class Ingest:
         for customer in list(self.index.due(partition, now)):
             state = CustomerState.from_bytes(self.table.get(customer))
             new, findings = self.engine.fire(state, now)
-            await self._publish(findings, new, None)
+            await self._publish(findings, new, None, partition, now)
             self.table[customer] = new.to_bytes()
             self._index(partition, customer, new)
 
     async def _publish(
-        self, findings: list[Finding], state: CustomerState, source: SourcePosition | None
+        self,
+        findings: list[Finding],
+        state: CustomerState,
+        source: SourcePosition | None,
+        partition: int,
+        now: float,
     ) -> None:
         if not findings:
             return
@@ -238,7 +250,13 @@ class Ingest:
             record = self.engine.record(f, detected, source, context)
             await self.dispatch.send(
                 f.customer_id.encode(),
-                orjson.dumps({"exception": record.model_dump(mode="json", exclude_none=True)}),
+                orjson.dumps(
+                    {
+                        "exception": record.model_dump(mode="json", exclude_none=True),
+                        # JSON has no -inf: a clock not started yet is left out
+                        **({"clock": {"p": partition, "t": now}} if now != NEVER else {}),
+                    }
+                ),
             )
             self.metrics.exceptions.labels(f.rule, record.severity, f.status).inc()
             self.metrics.detection_latency.labels(f.rule).observe(
@@ -343,50 +361,60 @@ class DispatchStep:
     table: Any  # exception id bytes -> entry JSON
     handler_sink: Any  # (topic name) -> Output
     log_sink: Output  # casewatch.exceptions: every routed record
+    dlq: DeadLetterSink
+    topic: str  # the dispatch topic's name (for dead letters)
     dispatcher: Dispatcher = field(init=False)
     store: _Buffered = field(init=False)
-    clock: PartitionClock = field(init=False)
+    clock: PipelineClock = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = _Buffered(self.table)
         self.dispatcher = Dispatcher(self.config, self.store)
-        p = self.config.pipeline
-        self.clock = PartitionClock(
-            p.allowed_lateness.total_seconds(), p.idle_after.total_seconds()
-        )
-        self.clock.expect(("exceptions",), time.time())
+        self.clock = PipelineClock()
 
     def recovered(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         self.dispatcher.rebuild((k.decode(), orjson.loads(v)) for k, v in items)
         self._gauges()
         log.info("dispatch recovered: %s", self._counts())
 
-    async def handle(self, value: bytes | None) -> None:
+    async def handle(self, value: bytes | None, offset: int = -1) -> None:
         try:
             message = orjson.loads(value or b"{}")
-            wall = time.time()
             out: list[Routed] = []
             if "exception" in message:
                 record = message["exception"]
                 t = epoch(record["event_time"])
-                self.clock.observe("exceptions", t, wall)
-                out += self.dispatcher.fire(self.clock.now(wall))
+                if "clock" in message:
+                    self.clock.report(message["clock"]["p"], message["clock"]["t"])
+                out += self.dispatcher.fire(self.clock.mark)
                 out += self.dispatcher.on_exception(record, t)
             elif "resolution" in message:
                 resolution = message["resolution"]
                 t = epoch(resolution["at"])
-                self.clock.observe("resolutions", t, wall)
-                out += self.dispatcher.fire(self.clock.now(wall))
+                out += self.dispatcher.fire(self.clock.mark)
                 out += self.dispatcher.on_resolution(resolution, t)
                 self.metrics.resolutions.labels(resolution["handler"], resolution["status"]).inc()
-            else:  # a tick
-                out += self.dispatcher.fire(self.clock.now(wall))
+            elif "clock" in message:  # a partition's clock moved (sent by its ticks)
+                clock = self.clock.report(message["clock"]["p"], message["clock"]["t"])
+                out += self.dispatcher.fire(clock)
             await self._publish(out)
             self.store.flush()
             self._gauges()
-        except Exception:
+        except Exception as exc:
             log.exception("internal error in dispatch")
             self.store.pending.clear()
+            letter = DeadLetter(
+                reason=(
+                    f"Casewatch failed to route this record ({type(exc).__name__}: {exc}): "
+                    "report it with this record, then replay it onto the dispatch topic"
+                ),
+                error_class="dispatch_failed",
+                topic=self.topic,
+                partition=0,
+                offset=offset,
+            )
+            await self.dlq.send(None, value, letter)
+            self.metrics.dead_letters.labels(self.topic, "dispatch_failed").inc()
 
     async def _publish(self, out: list[Routed]) -> None:
         stamped = stamp([r for r in out if r.reason in ("escalation", "update", "reassigned")])

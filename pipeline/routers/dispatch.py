@@ -74,7 +74,7 @@ class Dispatcher:
         return self.config.handlers[handler].capacity
 
     def on_exception(self, record: dict[str, Any], now: float) -> list[Routed]:
-        """A detector's record (open or resolved). Duplicates are ignored."""
+        """A detector's record (open or resolved) at event time `now`. Repeats are ignored."""
         exception_id = record["exception_id"]
         entry = self.store.get(exception_id)
         if record["status"] == "open":
@@ -83,21 +83,28 @@ class Dispatcher:
             return self._route_new(record, now)
         if entry is None or entry.get("closed") is not None:
             return []  # nothing open to resolve (or already closed by its handler)
-        return self._close(exception_id, entry, record, now, "resolved by the detector")
+        out = self._catch_up(exception_id, now)
+        entry = self.store[exception_id]
+        return out + self._close(exception_id, entry, record, now, "resolved by the detector")
 
     def on_resolution(self, resolution: dict[str, Any], now: float) -> list[Routed]:
-        """A handler's update: acknowledged, resolved or reassigned."""
+        """A handler's update (acknowledged, resolved or reassigned) at event time `now`, from a
+        handler that holds or held the exception."""
         exception_id, handler = resolution["exception_id"], resolution["handler"]
         entry = self.store.get(exception_id)
-        if entry is None or entry.get("closed") is not None or handler not in entry["holders"]:
+        if entry is None or entry.get("closed") is not None or handler not in entry["held"]:
             return []
         status = resolution["status"]
         if status == "acknowledged":
             self.store[exception_id] = {**entry, "acked": resolution["at"]}
             return []
+        out = self._catch_up(exception_id, now)
+        entry = self.store[exception_id]
         if status == "resolved":
             record = {**entry["record"], "status": "resolved"}
-            return self._close(exception_id, entry, record, now, f"resolved by {handler}")
+            return out + self._close(exception_id, entry, record, now, f"resolved by {handler}")
+        if handler not in entry["holders"]:
+            return out  # escalated away from it already: nothing to hand on
         # reassigned: the holder hands it on
         handler_cfg = self.config.handlers[handler]
         target = handler_cfg.overflow or self.tree.handler
@@ -105,11 +112,29 @@ class Dispatcher:
         placed, why = self._place(target, exclude={handler})
         holders = [h for h in entry["holders"] if h != handler] + [placed]
         reason = f"reassigned by {handler}" + (f"; {why}" if why != "normal" else "")
-        new = {**entry, "holders": holders, "deadline": self._deadline(placed, now)}
+        new = {
+            **entry,
+            "holders": holders,
+            "held": sorted({*entry["held"], placed}),
+            "deadline": self._deadline(placed, now),
+        }
         self._enter(exception_id, placed, new)
         self.store[exception_id] = new
         routed = self._with_route(entry["record"], placed, entry["path"], reason)
-        return [Routed(placed, routed, "reassigned")]
+        return [*out, Routed(placed, routed, "reassigned")]
+
+    def _catch_up(self, exception_id: str, t: float) -> list[Routed]:
+        """An update at event time `t` on an exception whose SLA deadline passed before `t`:
+        it was late, whatever the clock's progress, so it escalates first (as the clock would
+        have). Live and replay then agree however partitions interleave."""
+        out: list[Routed] = []
+        for _ in range(MAX_CHAIN):
+            entry = self.store[exception_id]
+            deadline = entry.get("deadline")
+            if deadline is None or deadline >= t:
+                break
+            out.extend(self._escalate(exception_id, entry, deadline))
+        return out
 
     def fire(self, now: float) -> list[Routed]:
         """SLA breaches up to `now`; forget exceptions closed long ago."""
@@ -119,7 +144,7 @@ class Dispatcher:
             entry = self.store.get(exception_id)
             if entry is None or entry.get("closed") is not None or entry["deadline"] != deadline:
                 continue  # stale timer
-            out.extend(self._escalate(exception_id, entry, now))
+            out.extend(self._escalate(exception_id, entry, deadline))
         while self._expiry and self._expiry[0][0] <= now:
             expires, exception_id = heapq.heappop(self._expiry)
             entry = self.store.get(exception_id)
@@ -158,6 +183,7 @@ class Dispatcher:
             "record": {k: v for k, v in record.items() if k != "route"},
             "path": nodes[0].path,
             "holders": holders,
+            "held": sorted(set(holders)),
             "since": now,
             "deadline": self._deadline(holders[0], now),
             "closed": None,
@@ -189,7 +215,8 @@ class Dispatcher:
         counts = ", ".join(f"{h} at capacity ({self.open_count(h)} open)" for h in full)
         return current, f"overflow: {counts}"
 
-    def _escalate(self, exception_id: str, entry: dict[str, Any], now: float) -> list[Routed]:
+    def _escalate(self, exception_id: str, entry: dict[str, Any], at: float) -> list[Routed]:
+        """Escalate at event time `at` (the SLA deadline)."""
         holder = entry["holders"][0]
         cfg = self.config.handlers[holder]
         self.breaches.append(holder)
@@ -204,8 +231,9 @@ class Dispatcher:
         new = {
             **entry,
             "holders": holders,
-            "since": now,
-            "deadline": self._deadline(target, now),
+            "held": sorted({*entry["held"], target}),
+            "since": at,
+            "deadline": self._deadline(target, at),
             "escalations": entry["escalations"] + 1,
         }
         self._enter(exception_id, target, new)

@@ -35,6 +35,7 @@ def config_file(tmp_path: Path, unique: str) -> Path:
     data["pipeline"] |= {"app_id": unique, "partitions": 3}
     for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
         data["topics"][name] = f"{unique}.{name}"
+    data["topics"]["handler_prefix"] = f"{unique}.handler."
     file = tmp_path / "casewatch.yaml"
     file.write_text(yaml.safe_dump(data, sort_keys=False))
     return file

@@ -1,8 +1,8 @@
 """A scenario of customer stories, in near-real time, that exercises every default rule.
 
-Every deadline in it is either well past (at least 8 hours before `now`) or well ahead (at least
-a day after), so a live worker and `casewatch replay --until now` agree on what has fired
-whatever the exact moment they are compared.
+Every deadline in it (delivery promises, and handlers' resolve_within in the shipped config) is
+at least half an hour away from `now`, so a live worker and `casewatch replay --until now` agree
+on what has fired whatever the exact moment they are compared.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def build(now: datetime, noise: int = 60, seed: int = 7) -> list[dict[str, Any]]
     add("c-cancel", "order.shipped", 30, order_id="o-cancel")
     add("c-cancel", "order.cancelled", 28, order_id="o-cancel")
     # no promise: 72 h after shipping -> open
-    add("c-nopromise", "order.shipped", 80, order_id="o-nopromise")
+    add("c-nopromise", "order.shipped", 81, order_id="o-nopromise")
     # delivery_failed
     add("c-failed", "order.shipped", 9, order_id="o-failed", promised_by=at(-30))
-    add("c-failed", "order.delivery_failed", 8, order_id="o-failed", reason="address not found")
+    add("c-failed", "order.delivery_failed", 9, order_id="o-failed", reason="address not found")
     # repeat_maintenance: the same faucet twice in 30 days; another asset once
     add(
         "c-faucet",
@@ -132,6 +132,15 @@ def build(now: datetime, noise: int = 60, seed: int = 7) -> list[dict[str, Any]]
             "interaction.contact",
             rng.uniform(1, 100),
             channel="web",
+            category=f"topic-{i}",
+            sentiment="neutral",
+        )
+        # traffic up to the last minutes: the input is live, its clock follows the wall clock
+        add(
+            customer,
+            "interaction.contact",
+            rng.uniform(0.02, 0.05),
+            channel="chat",
             category=f"topic-{i}",
             sentiment="neutral",
         )

@@ -50,3 +50,12 @@ def test_worker_refuses_a_bad_rule_before_touching_kafka(tmp_path: Path) -> None
     assert f"{bad}: 1 problem" in result.stderr
     assert "rules.loud.threshold.when" in result.stderr
     assert "'==' is not an operator: write 'type = interaction.contact'" in result.stderr
+
+
+def test_routes_test_prints_the_matched_path_and_handler() -> None:
+    result = run("routes", "test", "rule=missing_delivery", "tier=gold")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("root/vip  ->  vip  (topic casewatch.handler.vip, capacity 10")
+    result = run("routes", "test", "teir=gold")
+    assert result.returncode == 2
+    assert "unknown field 'teir'" in result.stderr

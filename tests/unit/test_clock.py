@@ -39,12 +39,23 @@ def test_a_topic_read_ahead_cannot_move_the_clock_past_the_other() -> None:
     assert c.now(W + 0.7) == T - L  # the smaller of the two
 
 
+def test_an_expected_input_waits_for_the_first_event_not_the_worker_start() -> None:
+    c = clock()
+    c.expect(("interactions", "orders"), W)
+    c.observe("interactions", T + 3600, W + 30)  # input starts long after the worker did
+    assert c.now(W + 30.5) == NEVER  # orders still holds the clock back
+    c.observe("orders", T, W + 30.6)
+    assert c.now(W + 30.7) == T - L
+
+
 def test_an_input_quiet_for_idle_after_stops_holding_the_clock() -> None:
     c = clock()
     c.expect(("interactions", "orders"), W)
     c.observe("interactions", T, W + 0.5)
     assert c.now(W + 0.9) == NEVER
-    assert c.now(W + 1.2) == T - L  # orders has been quiet since W: idle
+    assert c.now(W + 1.4) == NEVER  # orders gets idle_after from the first event (W + 0.5)
+    c.observe("interactions", T + 10, W + 1.45)
+    assert c.now(W + 1.5) == T + 10 - L  # ... then stops holding the clock
 
 
 def test_live_input_gone_quiet_follows_the_wall_clock() -> None:

@@ -94,7 +94,10 @@ def test_open_past_resolve_within_escalates_at_the_deadline_not_before(config: C
         "escalated",
         "x1",
     )
-    assert out.record["route"]["reason"] == "escalation: open past the resolve_within of logistics (8h)"
+    assert (
+        out.record["route"]["reason"]
+        == "escalation: open past the resolve_within of logistics (8h)"
+    )
     assert (d.open_count("logistics"), d.open_count("supervisors")) == (0, 1)
     assert d.breaches == ["logistics"]
     # supervisors has no escalate_to: a breach there is counted, nothing republished
@@ -150,3 +153,30 @@ def test_closed_exceptions_are_forgotten_after_a_week(config: Config) -> None:
     assert "x1" in store
     d.fire(1.0 + 7 * 86400)
     assert "x1" not in store
+
+
+def test_a_resolution_after_the_sla_deadline_escalates_first_whatever_the_clock(
+    config: Config,
+) -> None:
+    d = Dispatcher(config, {})
+    d.on_exception(record(1), 0.0)  # the clock never moves: no fire() at all
+    out = d.on_exception(record(1, status="resolved"), 9 * H)  # delivered 9 h later
+    assert [(r.handler, r.record["status"]) for r in out] == [
+        ("supervisors", "escalated"),
+        ("supervisors", "resolved"),
+    ]
+    # ... and a resolution before the deadline does not escalate
+    d.on_exception(record(2), 0.0)
+    out = d.on_exception(record(2, status="resolved"), 7 * H)
+    assert [(r.handler, r.record["status"]) for r in out] == [("logistics", "resolved")]
+
+
+def test_the_former_holder_may_still_resolve_after_an_escalation(config: Config) -> None:
+    d = Dispatcher(config, {})
+    d.on_exception(record(1), 0.0)
+    d.fire(8 * H)
+    out = d.on_resolution(
+        {"exception_id": "x1", "handler": "logistics", "status": "resolved", "at": "t"}, 9 * H
+    )
+    assert [(r.handler, r.record["status"]) for r in out] == [("supervisors", "resolved")]
+    assert d.open_count("supervisors") == 0
