@@ -43,13 +43,16 @@ async def describe(bootstrap: str, names: list[str]) -> tuple[dict[str, int], di
 def test_topics_are_created_then_verified(config_file: Path, bootstrap: str, unique: str) -> None:
     first = topics(config_file, bootstrap)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created") == 5
+    # the contract's 5 topics and one per handler of the shipped config (7)
+    assert first.stdout.count("created") == 12
+    assert f"{unique}.handler.logistics" in first.stdout
     second = topics(config_file, bootstrap)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count(" ok") == 5
+    assert second.stdout.count(" ok") == 12
 
     names = [
-        f"{unique}.{n}" for n in ("interactions", "orders", "resolutions", "exceptions", "dlq")
+        f"{unique}.{n}"
+        for n in ("interactions", "orders", "resolutions", "exceptions", "handler.vip", "dlq")
     ]
     counts, dlq = asyncio.run(describe(bootstrap, names))
     assert counts == {n: 3 for n in names}
