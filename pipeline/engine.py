@@ -133,7 +133,7 @@ _DETAIL = ("order_id", "asset_id", "category", "channel")
 def context_of(state: CustomerState, exception_id: str | None = None) -> dict[str, Any]:
     """What a handler sees about the customer when an exception fires: the latest profile,
     recent events (newest first, at most 20 within 90 days), open orders, and the customer's
-    other open exceptions. Bounded: about 4 KB at most."""
+    other open exceptions. Bounded: about 12 KB at the very most (docs/routing.md)."""
     return {
         "profile": dict(state.profile) if state.profile else None,
         "recent_events": [
