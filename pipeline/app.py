@@ -138,6 +138,12 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
     entries.on_recover(dispatch_recovered)
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # Another worker decides dispatch now: its handler gauges are the true ones.
+        if any(tp.topic == dispatch.get_topic_name() for tp in revoked):
+            router.forget_gauges()
+
     async def recovered() -> None:
         ingest.recovered(customers.items(), ((k.decode(), v) for k, v in clocks.items()))
 
@@ -154,6 +160,21 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:
         metrics.up.set(1)
+
+    watched = {t.interactions, t.orders, t.resolutions, rekey_name}
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def lag() -> None:
+        # Kafka's records-lag: high water minus this consumer's position, per partition.
+        for tp in app.consumer.assignment():
+            if tp.topic not in watched:
+                continue
+            position = await app.consumer.position(tp)
+            highwater = app.consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
 
     last: list[float] = [-1.0]
 

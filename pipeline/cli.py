@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from aiokafka.errors import KafkaConnectionError
+
 from pipeline import __version__, handle
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import ConfigError
@@ -29,6 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"casewatch: invalid config {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KafkaConnectionError:
+        servers = Runtime.from_env().bootstrap_servers
+        print(
+            f"casewatch: cannot reach Kafka at {servers}: start the local broker "
+            "(deploy/kafka/local-kafka start) or set KAFKA_BOOTSTRAP_SERVERS to your brokers",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

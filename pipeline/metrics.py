@@ -34,6 +34,10 @@ class Metrics:
     oldest_open_age: Gauge
     sla_breaches: Counter
     resolutions: Counter
+    utilization: Gauge
+    resolution_time: Histogram
+    consumer_lag: Gauge
+    table_entries: Gauge
     up: Gauge
 
     @classmethod
@@ -133,6 +137,31 @@ class Metrics:
                 "casewatch_resolutions_total",
                 "Handler updates received, by status (acknowledged, resolved, reassigned).",
                 ["handler", "status"],
+                registry=reg,
+            ),
+            utilization=Gauge(
+                "casewatch_handler_utilization_ratio",
+                "Open exceptions over capacity, per handler (1 = full; above 1 = over capacity).",
+                ["handler"],
+                registry=reg,
+            ),
+            resolution_time=Histogram(
+                "casewatch_resolution_time_seconds",
+                "From routing to a handler's resolution (event time), per handler.",
+                ["handler"],
+                buckets=(60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 86400, 3 * 86400, 7 * 86400),
+                registry=reg,
+            ),
+            consumer_lag=Gauge(
+                "casewatch_consumer_lag_messages",
+                "Messages on a partition this worker has not fetched yet (high water - position).",
+                ["topic", "partition"],
+                registry=reg,
+            ),
+            table_entries=Gauge(
+                "casewatch_table_entries",
+                "Keys held in a table by this worker (customers, dispatch).",
+                ["table"],
                 registry=reg,
             ),
             up=Gauge("casewatch_worker_up", "1 while the worker is processing.", registry=reg),

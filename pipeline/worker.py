@@ -83,6 +83,7 @@ class Ingest:
     index: DeadlineIndex = field(default_factory=DeadlineIndex)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     reported: dict[int, float] = field(default_factory=dict)  # clock last sent to dispatch
+    customers: int = 0  # keys in the customers table held here
     # The ingest, re-key and tick agents run as separate tasks: one customer at a time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -128,7 +129,11 @@ class Ingest:
         if clock.observe(msg.topic, t, wall):
             self.metrics.late_events.labels(msg.topic).inc()
         now = clock.now(wall)
-        state = CustomerState.from_bytes(self.table.get(customer))
+        stored = self.table.get(customer)
+        if stored is None:
+            self.customers += 1
+            self.metrics.table_entries.labels("customers").set(self.customers)
+        state = CustomerState.from_bytes(stored)
         p = self.config.pipeline
         updated = state.remember(event.event_id, t, p.dedupe_window, p.dedupe_max_ids)
         if updated is None:
@@ -216,7 +221,9 @@ class Ingest:
         """After a rebalance or restart: rebuild the deadline index and the clocks from the
         tables' local contents."""
         self.index.clear()
+        self.customers = 0
         for customer, value in states:
+            self.customers += 1
             state = CustomerState.from_bytes(value)
             if state.partition is not None:
                 self.index.set(state.partition, customer, self.engine.next_deadline(state))
@@ -224,6 +231,7 @@ class Ingest:
             saved = orjson.loads(value)
             self._clock(int(partition)).restore(saved["mark"], saved["wall"])
         self.metrics.pending_deadlines.set(len(self.index))
+        self.metrics.table_entries.labels("customers").set(self.customers)
         log.info("recovered: %d customers with a pending deadline", len(self.index))
 
     async def _fire_due(self, partition: int, now: float) -> None:
@@ -437,16 +445,33 @@ class DispatchStep:
         for handler in self.dispatcher.breaches:
             self.metrics.sla_breaches.labels(handler).inc()
         self.dispatcher.breaches.clear()
+        for handler, seconds in self.dispatcher.resolved:
+            self.metrics.resolution_time.labels(handler).observe(seconds)
+        self.dispatcher.resolved.clear()
 
     def _gauges(self) -> None:
         wall = time.time()
+        self.metrics.table_entries.labels("dispatch").set(self.dispatcher.entries)
         for name, handler in self.config.handlers.items():
-            self.metrics.open_exceptions.labels(name).set(self.dispatcher.open_count(name))
+            count = self.dispatcher.open_count(name)
+            self.metrics.open_exceptions.labels(name).set(count)
             self.metrics.capacity.labels(name).set(handler.capacity)
+            self.metrics.utilization.labels(name).set(count / handler.capacity)
             oldest = self.dispatcher.oldest_open(name)
             self.metrics.oldest_open_age.labels(name).set(
                 0.0 if oldest is None else max(0.0, wall - oldest)
             )
+
+    def forget_gauges(self) -> None:
+        """This worker no longer owns dispatch: drop its per-handler gauges (no stale series)."""
+        for gauge in (
+            self.metrics.open_exceptions,
+            self.metrics.capacity,
+            self.metrics.utilization,
+            self.metrics.oldest_open_age,
+        ):
+            gauge.clear()
+        self.metrics.table_entries.labels("dispatch").set(0)
 
     def _counts(self) -> str:
         return " ".join(f"{h}={self.dispatcher.open_count(h)}" for h in self.config.handlers)

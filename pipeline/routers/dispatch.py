@@ -54,9 +54,10 @@ class Dispatcher:
     open: dict[str, set[str]] = field(default_factory=dict)  # handler -> open exception ids
     _sla: list[tuple[float, str]] = field(default_factory=list)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
-    breaches: list[str] = field(
-        default_factory=list
-    )  # handlers whose SLA was breached (drained by caller)
+    # drained by the caller: handlers whose SLA was breached; (handler, seconds held) resolved
+    breaches: list[str] = field(default_factory=list)
+    resolved: list[tuple[str, float]] = field(default_factory=list)
+    entries: int = 0  # keys in the store (open and recently closed)
 
     def __post_init__(self) -> None:
         self.tree: Route = self.config.router()
@@ -67,8 +68,10 @@ class Dispatcher:
         """After a rebalance or restart: counts and timers from the table's contents."""
         self.open = {name: set() for name in self.config.handlers}
         self._sla, self._expiry = [], []
+        self.entries = 0
         for exception_id, entry in items:
             self._index(exception_id, entry)
+            self.entries += 1
 
     def capacity(self, handler: str) -> int:
         return self.config.handlers[handler].capacity
@@ -102,6 +105,7 @@ class Dispatcher:
         entry = self.store[exception_id]
         if status == "resolved":
             record = {**entry["record"], "status": "resolved"}
+            self.resolved.append((handler, max(0.0, now - entry["since"])))
             return out + self._close(exception_id, entry, record, now, f"resolved by {handler}")
         if handler not in entry["holders"]:
             return out  # escalated away from it already: nothing to hand on
@@ -154,6 +158,7 @@ class Dispatcher:
                 and (entry["closed"] + KEEP_CLOSED == expires)
             ):
                 del self.store[exception_id]
+                self.entries -= 1
         return out
 
     def next_deadline(self) -> float | None:
@@ -192,6 +197,7 @@ class Dispatcher:
         for h in holders:
             self._enter(exception_id, h, entry)
         self.store[exception_id] = entry
+        self.entries += 1
         return out
 
     def _place(self, handler: str, exclude: set[str] | None = None) -> tuple[str, str]:

@@ -59,3 +59,19 @@ def test_routes_test_prints_the_matched_path_and_handler() -> None:
     result = run("routes", "test", "teir=gold")
     assert result.returncode == 2
     assert "unknown field 'teir'" in result.stderr
+
+
+def test_an_unreachable_broker_is_a_clear_one_line_error() -> None:
+    import os
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "topics"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
