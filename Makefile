@@ -17,15 +17,11 @@ $(BIN)/casewatch: pyproject.toml
 
 setup: $(BIN)/casewatch
 
-# Sets up, starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), creates topics,
-# publishes the sample stream and runs a worker in the foreground (Ctrl-C stops it).
+# Sets up and runs the demo: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), two
+# workers, realistic traffic with the seed stories, simulated handler teams and a live view.
+# Ctrl-C stops everything it started.
 run: setup
-	@export KAFKA_BOOTSTRAP_SERVERS=$$($(KAFKA) start) && \
-	  echo "broker: $$KAFKA_BOOTSTRAP_SERVERS" && \
-	  $(BIN)/casewatch check && $(BIN)/casewatch topics && \
-	  $(BIN)/casewatch produce examples/sample.jsonl && \
-	  echo "metrics: http://127.0.0.1:$${CASEWATCH_METRICS_PORT:-9464}/metrics" && \
-	  $(BIN)/casewatch worker
+	$(BIN)/casewatch demo
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaConnectionError
 
-from pipeline import __version__, handle
+from pipeline import __version__, demo, handle
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import ConfigError
 
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=_routes_test)
 
     handle.add_parser(sub)
+    demo.add_parser(sub)
 
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
