@@ -33,6 +33,7 @@ from pipeline.ingest import parse_event
 from pipeline.models import ExceptionRecord
 from pipeline.produce import topic_for
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
+from pipeline.routers.tree import redact
 from pipeline.state import CustomerState
 
 
@@ -164,7 +165,9 @@ class Replay:
         for r in [r for r in routed if r.reason in ("normal", "overflow")] + updates:
             self.summary.records[r.record["status"]] += 1
             self.summary.routed[r.handler] += 1
-            yield ExceptionRecord.model_validate(r.record)
+            # As the handler's topic carries it (its redactions applied).
+            private = redact(r.record, self.config.handlers[r.handler].redact)
+            yield ExceptionRecord.model_validate(private)
 
 
 def run(

@@ -42,6 +42,7 @@ from pipeline.ingest import parse_event
 from pipeline.metrics import Metrics
 from pipeline.models import DeadLetter, Resolution, SourcePosition
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
+from pipeline.routers.tree import redact
 from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.state import CustomerState
 
@@ -429,9 +430,11 @@ class DispatchStep:
         routed = [r for r in out if r.reason in ("normal", "overflow")] + stamped
         for r in routed:
             key = str(r.record["customer_id"]).encode()
-            value = orjson.dumps(r.record)
-            await self.handler_sink(self.config.handler_topic(r.handler)).send(key, value)
-            await self.log_sink.send(key, value)
+            private = redact(r.record, self.config.handlers[r.handler].redact)
+            await self.handler_sink(self.config.handler_topic(r.handler)).send(
+                key, orjson.dumps(private)
+            )
+            await self.log_sink.send(key, orjson.dumps(r.record))
             if r.reason != "update":
                 self.metrics.routed.labels(r.handler, r.reason).inc()
             log.info(

@@ -49,6 +49,9 @@ class Handler(BaseModel):
     resolve_within: Duration = timedelta(hours=24)
     overflow: str | None = None
     escalate_to: str | None = None
+    # Fields this handler must not see, as dotted paths into the record (`*` for every list
+    # item or key), e.g. context.profile.name, context.recent_events.*.detail
+    redact: list[str] = []
 
 
 class RouteNode(BaseModel):
@@ -198,3 +201,41 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
                 f"{pair!r}: unknown field {name!r}: use {', '.join(ROUTE_FIELDS)} or subject.<field>"
             )
     return view
+
+
+REDACTED = "[redacted]"
+
+
+def redact(record: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """A copy of `record` with the values at `paths` replaced by "[redacted]"."""
+    if not paths:
+        return record
+    copy: dict[str, Any] = _copy(record)
+    for path in paths:
+        _blank(copy, path.split("."))
+    return copy
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _blank(node: Any, parts: list[str]) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, dict):
+        keys = list(node) if head == "*" else [head] if head in node else []
+        for key in keys:
+            if rest:
+                _blank(node[key], rest)
+            elif node[key] is not None:
+                node[key] = REDACTED
+    elif isinstance(node, list) and head == "*":
+        for i, item in enumerate(node):
+            if rest:
+                _blank(item, rest)
+            elif item is not None:
+                node[i] = REDACTED

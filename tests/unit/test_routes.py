@@ -144,3 +144,60 @@ def test_every_handler_has_a_topic() -> None:
         "supervisors",
         "triage",
     }
+
+
+def test_redaction_blanks_the_named_fields_and_only_those() -> None:
+    from pipeline.routers.tree import redact
+
+    record = {
+        "customer_id": "c-1",
+        "context": {
+            "profile": {"name": "Ana Lopez", "tier": "gold"},
+            "recent_events": [{"type": "a", "detail": "flat 3"}, {"type": "b", "detail": None}],
+        },
+    }
+    private = redact(record, ["context.profile.name", "context.recent_events.*.detail", "no.such"])
+    assert private["context"]["profile"] == {"name": "[redacted]", "tier": "gold"}
+    assert private["context"]["recent_events"] == [
+        {"type": "a", "detail": "[redacted]"},
+        {"type": "b", "detail": None},
+    ]
+    assert record["context"]["profile"]["name"] == "Ana Lopez"  # the original is untouched
+
+
+def test_the_maintenance_contractor_does_not_see_the_tenants_name() -> None:
+    import io
+
+    import orjson
+
+    from pipeline.replay import Replay
+
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": f"e{i}",
+                "type": t,
+                "customer_id": "c-9",
+                "occurred_at": f"2026-03-0{i + 1}T10:00:00Z",
+                **fields,
+            }
+        )
+        for i, (t, fields) in enumerate(
+            [
+                ("customer.profile", {"tier": "standard", "name": "Ben Okafor"}),
+                (
+                    "interaction.maintenance_requested",
+                    {"asset_id": "unit-12/faucet", "category": "leak"},
+                ),
+                (
+                    "interaction.maintenance_requested",
+                    {"asset_id": "unit-12/faucet", "category": "leak"},
+                ),
+            ]
+        )
+    ]
+    (record,) = list(Replay(SHIPPED, errors=io.StringIO()).feed(lines))
+    assert record.route is not None
+    assert record.route.handler == "maintenance"
+    assert record.context["profile"]["name"] == "[redacted]"
+    assert record.context["profile"]["tier"] == "standard"
