@@ -3,9 +3,12 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
-RUN pip install --no-cache-dir . && useradd --system --home /var/lib/casewatch casewatch \
-    && mkdir -p /var/lib/casewatch && chown casewatch /var/lib/casewatch
-USER casewatch
+# A fixed uid/gid (10001): Kubernetes runs the pods as it (deploy/k8s, runAsUser and fsGroup).
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 casewatch \
+    && useradd --system --uid 10001 --gid 10001 --home /var/lib/casewatch casewatch \
+    && mkdir -p /var/lib/casewatch && chown casewatch:casewatch /var/lib/casewatch
+USER 10001:10001
 ENV CASEWATCH_STATE_DIR=/var/lib/casewatch CASEWATCH_METRICS_PORT=9464
 EXPOSE 9464
 ENTRYPOINT ["casewatch"]

@@ -25,7 +25,7 @@ run: setup
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started.
-test: setup
+test: setup prometheus
 	@set -e; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
 	  export CASEWATCH_KAFKA_PORT=$(TEST_KAFKA_PORT); \
@@ -36,7 +36,19 @@ test: setup
 	$(BIN)/mypy; \
 	$(BIN)/pytest
 
-unit: setup
+# prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed
+# only when missing. No recommends (no node exporter); the package's own service is not needed
+# (tests run their own Prometheus on a free port) and is stopped where systemd started it.
+.PHONY: prometheus
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  set -e; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus || true; fi; \
+	}
+
+unit: setup prometheus
 	$(BIN)/pytest tests/unit
 
 lint: setup
