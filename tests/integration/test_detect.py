@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -137,14 +138,21 @@ def test_missing_delivery_fires_after_its_deadline_with_no_further_input(
 
 
 @pytest.mark.parametrize(
-    ("store", "second_dir"),
+    ("store", "second_dir", "wipe"),
     [
-        ("memory://", "two"),  # empty local state: the changelog alone carries it
-        ("rocksdb://", "one"),  # the workers' default: local RocksDB, caught up from the changelog
+        ("memory://", "two", False),  # empty local state: the changelog alone carries it
+        ("rocksdb://", "one", False),  # the default: local RocksDB, caught up from the changelog
+        ("rocksdb://", "one", True),  # the state directory deleted: rebuilt from the changelog
     ],
 )
 def test_a_worker_killed_mid_scenario_yields_the_same_exceptions(
-    config_file: Path, bootstrap: str, unique: str, tmp_path: Path, store: str, second_dir: str
+    config_file: Path,
+    bootstrap: str,
+    unique: str,
+    tmp_path: Path,
+    store: str,
+    second_dir: str,
+    wipe: bool,
 ) -> None:
     now = scenario.now()
     events = scenario.build(now)
@@ -163,6 +171,8 @@ def test_a_worker_killed_mid_scenario_yields_the_same_exceptions(
             ),
         )
         worker.kill()
+    if wipe:
+        shutil.rmtree(tmp_path / "one" / "state")
     with run_worker(config_file, bootstrap, tmp_path / second_dir, store):
         casewatch("produce", str(second), "--config", str(config_file), bootstrap=bootstrap)
         expected = {key(r) for r in replayed(whole, config_file, now)}
