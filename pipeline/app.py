@@ -28,6 +28,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     app = faust.App(
         p.app_id,
         broker=[f"kafka://{h.strip()}" for h in runtime.bootstrap_servers.split(",")],
+        broker_credentials=runtime.security.faust_credentials(),  # None: PLAINTEXT
         store=runtime.store,
         datadir=runtime.state_dir,
         autodiscover=False,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from pipeline import __version__, demo, handle
+from pipeline import __version__, demo, handle, report
 from pipeline.config import Config, Runtime, load_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, KafkaAccessError
+from pipeline.security import check_access, explain
 
 EXIT_CONFIG = 2
 
@@ -25,13 +27,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # aiokafka logs each failed connection; unconfigured, Python would print that above our line.
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     try:
         code: int = args.func(args)
         return code
     except ConfigError as exc:
         print(f"casewatch: invalid config {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KafkaConnectionError:
+    except KafkaAccessError as exc:
+        print(f"casewatch: {exc}", file=sys.stderr)
+        return 1
+    except KafkaConnectionError as exc:
+        if why := _explain(exc):  # connected, then refused: credentials or TLS
+            print(f"casewatch: {why}", file=sys.stderr)
+            return 1
         servers = Runtime.from_env().bootstrap_servers
         print(
             f"casewatch: cannot reach Kafka at {servers}: start the local broker "
@@ -39,6 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except KafkaError as exc:
+        if why := _explain(exc):  # an ACL missing: one line; anything else stays a traceback
+            print(f"casewatch: {why}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _explain(exc: KafkaError) -> str | None:
+    runtime = Runtime.from_env()
+    return explain(exc, runtime.bootstrap_servers, runtime.security)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     handle.add_parser(sub)
     demo.add_parser(sub)
+    report.add_parser(sub)
 
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
@@ -158,6 +179,9 @@ def _worker(args: argparse.Namespace) -> int:
     metrics = Metrics.create()
     if runtime.metrics_port:
         metrics.serve(runtime.metrics_port)
+    # Sign in once first: Faust reports rejected credentials as a traceback ending in
+    # "Unable to bootstrap", which names neither the user nor the variable to fix.
+    asyncio.run(check_access(runtime.bootstrap_servers, runtime.security))
     app = build_app(config, runtime, metrics)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0

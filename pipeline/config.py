@@ -27,6 +27,7 @@ from pipeline.durations import Duration, parse_duration
 from pipeline.errors import ConfigError
 from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree
 from pipeline.rules import Rule
+from pipeline.security import KafkaSecurity
 
 __all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration"]
 
@@ -156,10 +157,12 @@ class Runtime(BaseModel):
     metrics_port: int = 9464
     state_dir: str = "./casewatch-data"
     store: str = "rocksdb://"  # memory:// rebuilds from the changelog at every start
+    security: KafkaSecurity = KafkaSecurity()  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Runtime:
-        """Read `KAFKA_BOOTSTRAP_SERVERS` and the `CASEWATCH_*` variables."""
+        """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables (pipeline/security.py)
+        and the `CASEWATCH_*` variables."""
         e = os.environ if env is None else env
         fields: dict[str, Any] = {
             "bootstrap_servers": e.get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -167,5 +170,6 @@ class Runtime(BaseModel):
             "metrics_port": e.get("CASEWATCH_METRICS_PORT"),
             "state_dir": e.get("CASEWATCH_STATE_DIR"),
             "store": e.get("CASEWATCH_STORE"),
+            "security": KafkaSecurity.from_env(e),
         }
         return cls.model_validate({k: v for k, v in fields.items() if v})

@@ -40,7 +40,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, Config, load_config
+from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
@@ -350,6 +350,7 @@ class Demo:
             self.config.topics.exceptions,
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="earliest",
+            **Runtime.from_env().security.aiokafka_kwargs(),
         )
         await consumer.start()
         try:
@@ -368,7 +369,10 @@ class Demo:
         config = self.config
         topics = {config.handler_topic(h): h for h in config.handlers}
         consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest"
+            *topics,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            **Runtime.from_env().security.aiokafka_kwargs(),
         )
         await consumer.start()
         queues: dict[str, dict[str, dict[str, Any]]] = {h: {} for h in config.handlers}
@@ -475,7 +479,11 @@ class Demo:
 
 
 async def _run(demo: Demo) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=demo.bootstrap, linger_ms=20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=demo.bootstrap,
+        linger_ms=20,
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
     await producer.start()
     tasks = [
         asyncio.create_task(demo.publish(producer)),

@@ -3,6 +3,7 @@
     CasewatchError
     ├── ConfigError            the rules file is invalid: file, path inside it, and the fix
     ├── InvalidEvent           an input message cannot be an event; goes to the dead-letter topic
+    ├── KafkaAccessError       Kafka refused this client: credentials rejected, TLS failed
     └── SinkError              an output could not be written
         ├── RetryableSinkError     a broker or network hiccup: the same write may succeed later
         └── FatalSinkError         the write can never succeed as is (authorisation, record too big)
@@ -39,6 +40,11 @@ class InvalidEvent(CasewatchError):
         self.reason = reason
         self.error_class = error_class
         super().__init__(reason)
+
+
+class KafkaAccessError(CasewatchError):
+    """Kafka refused this client: its credentials, or the TLS handshake. The message names the
+    environment variable to fix and never holds a secret."""
 
 
 class SinkError(CasewatchError):

@@ -36,7 +36,7 @@ from typing import Any, TypeAlias
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from pydantic import TypeAdapter, ValidationError
 from rich import box
 from rich.console import Console, Group
@@ -48,6 +48,7 @@ from pipeline import models
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import CasewatchError
 from pipeline.models import ExceptionRecord, Resolution, ResolutionStatus
+from pipeline.security import explain
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,11 @@ async def follow(
     caught up with the end offsets taken at start. No consumer group: every partition is
     assigned and nothing is committed. With `once`, it stops when caught up."""
     parts = await _partitions(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
     await consumer.start()
     try:
         consumer.assign(parts)
@@ -309,7 +314,11 @@ async def follow(
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="casewatch-handle")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="casewatch-handle",
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -321,6 +330,8 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
         if d["topic"] == topic and d["error_code"] == 0
         for p in d["partitions"]
     ]
+    if any(d["error_code"] == TopicAuthorizationFailedError.errno for d in described):
+        raise TopicAuthorizationFailedError(topic)  # not "does not exist": no ACL to see it
     if not found:
         raise HandleError(
             f"topic {topic} does not exist on Kafka at {bootstrap}: check the handler's topic "
@@ -352,7 +363,12 @@ async def collect(bootstrap: str, topic: str) -> dict[str, Case]:
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
 
 
 async def publish(producer: Any, topic: str, record: ExceptionRecord, answer: Resolution) -> None:
@@ -584,7 +600,8 @@ def run(args: argparse.Namespace) -> int:
     except HandleError as exc:
         return _fail(str(exc), EXIT_FAILED)
     except KafkaError as exc:
-        return _fail(f"Kafka at {runtime.bootstrap_servers}: {exc}", EXIT_FAILED)
+        why = explain(exc, runtime.bootstrap_servers, runtime.security)
+        return _fail(why or f"Kafka at {runtime.bootstrap_servers}: {exc}", EXIT_FAILED)
 
 
 async def _main(

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from rich.progress import Progress
 
-from pipeline.config import Config
+from pipeline.config import Config, Runtime
 from pipeline.errors import InvalidEvent
 from pipeline.ingest import parse_event
 
@@ -31,11 +31,15 @@ async def produce_file(path: str, config: Config, bootstrap: str) -> int:
     """Publish every valid line; return 0, or 1 when some lines were skipped."""
     lines = _read_lines(path)
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **Runtime.from_env().security.aiokafka_kwargs(),
     )
-    await producer.start()
     sent = skipped = 0
     try:
+        await producer.start()  # inside: a start that fails (rejected credentials) still stops
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task("publishing", total=len(lines))
             for number, line in enumerate(lines, start=1):

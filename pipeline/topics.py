@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.config import Config
+from pipeline.config import Config, Runtime
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,26 @@ def wanted(config: Config) -> list[TopicSpec]:
 
 async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:
     """Create missing topics; report each as `created`, `ok`, or a mismatch to fix by hand."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="casewatch-topics")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="casewatch-topics",
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         specs = wanted(config)
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            await admin.create_topics(
+            response = await admin.create_topics(
                 [
                     NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
                     for s in missing
                 ]
             )
+            for name, code, *_ in response.topic_errors:  # e.g. no CREATE ACL: not "created"
+                if code and code != errors.TopicAlreadyExistsError.errno:
+                    raise errors.for_code(code)(name)
         present = [s.name for s in specs if s.name in existing]
         counts = {}
         if present:
