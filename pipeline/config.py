@@ -156,7 +156,9 @@ class Runtime(BaseModel):
     config_path: str | None = None
     metrics_port: int = 9464
     state_dir: str = "./casewatch-data"
-    store: str = "rocksdb://"  # memory:// rebuilds from the changelog at every start
+    # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster but lost
+    # state under kill -9 in the chaos harness (docs/reliability.md): opt in knowingly.
+    store: str = "memory://"
     security: KafkaSecurity = KafkaSecurity()  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*
 
     @classmethod

@@ -100,7 +100,7 @@ def test_compose_workers_share_a_group_and_keep_their_own_rocksdb_state() -> Non
     states = set()
     for name in WORKERS:
         environment = services[name]["environment"]
-        assert environment["CASEWATCH_STORE"] == "rocksdb://"
+        assert environment["CASEWATCH_STORE"] == "memory://"
         states.add(mounts(services[name])[environment["CASEWATCH_STATE_DIR"]])
     assert len(states) == len(WORKERS)  # one volume each
     assert states <= set(compose()["volumes"])
@@ -252,7 +252,7 @@ def test_kubernetes_workers_read_the_configmap_secret_and_their_own_state_volume
     (worker,) = pod["spec"]["containers"]
     assert worker["args"] == ["worker"]
     variables = env(worker)
-    assert variables["CASEWATCH_STORE"] == "rocksdb://"
+    assert variables["CASEWATCH_STORE"] == "memory://"
     state = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}[claim["metadata"]["name"]]
     assert variables["CASEWATCH_STATE_DIR"] == state
     for spec in (pod, job["spec"]["template"]):

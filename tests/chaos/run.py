@@ -1,0 +1,435 @@
+"""The chaos harness: nothing lost and nothing spurious under crashes, scaling and a broker bounce.
+
+    .venv/bin/python tests/chaos/run.py            # full: 200,000 events, 10,000 customers, 10+ kills
+    .venv/bin/python tests/chaos/run.py --short    # CI: a few minutes
+
+What it does, against a real broker it starts itself (deploy/kafka/local-kafka, its own port):
+1. generates a workload (customers with contacts, complaints, maintenance, orders; some orders
+   never delivered, with deadlines that pass while the run goes on) and computes the oracle:
+   `casewatch replay` of the same events, up to the moment of the final check;
+2. runs workers in one consumer group on 6 partitions: 1, then 3, then 1 again, killing a
+   random worker with SIGKILL at random moments (some right after a start, i.e. during a
+   rebalance or state recovery) and restarting it; the broker is stopped and started once;
+3. publishes the events paced over the run, waits until everything is consumed and every
+   deadline has passed, then reads every handler topic with a `read_committed` consumer and
+   compares (exception_id, status) with the oracle: lost, spurious, duplicates.
+Exit status 1 when anything was lost or spurious. Figures are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import DEFAULT_CONFIG  # noqa: E402
+
+KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
+PY = sys.executable
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def workload(customers: int, events: int, start: datetime, seed: int) -> list[dict[str, Any]]:
+    """Events in time order, the newest at `start`; some deadlines fall 30-120 s after it."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    per = max(4, events // customers)
+    span = 6 * 3600.0
+
+    def t(seconds_ago: float) -> str:
+        return (start - timedelta(seconds=seconds_ago)).isoformat()
+
+    for c in range(customers):
+        cid = f"cust-{c:05d}"
+        n = 0
+
+        def add(type_: str, ago: float, cid: str = cid, **fields: Any) -> None:
+            nonlocal n
+            n += 1
+            out.append(
+                {
+                    "event_id": f"{cid}-{n}",
+                    "type": type_,
+                    "occurred_at": t(ago),
+                    "customer_id": cid,
+                    **fields,
+                }
+            )
+
+        add("customer.profile", span, tier=rng.choice(["standard"] * 8 + ["gold", "platinum"]))
+        for _ in range(per - 1):
+            ago = rng.uniform(0, span - 1)
+            roll = rng.random()
+            if roll < 0.6:
+                add(
+                    "interaction.contact",
+                    ago,
+                    channel="call",
+                    category=rng.choice(["billing", "internet", "tv", "moving"]),
+                    sentiment=rng.choice(["neutral"] * 5 + ["negative"]),
+                )
+            elif roll < 0.7:
+                add("interaction.complaint", ago, channel="email", category="service")
+            elif roll < 0.8:
+                add(
+                    "interaction.maintenance_requested",
+                    ago,
+                    asset_id=f"{cid}/asset-{rng.randrange(3)}",
+                    category="repair",
+                )
+            else:
+                order = f"{cid}-o{n}"
+                fate = rng.random()
+                if fate < 0.1:  # never delivered: the deadline passes during the run
+                    promise = (
+                        start + timedelta(seconds=rng.uniform(30, 120)) - timedelta(hours=4)
+                    ).isoformat()
+                    add("order.shipped", min(ago, 3000), order_id=order, promised_by=promise)
+                else:
+                    # promised two days ahead: no deadline near the moment of the check
+                    add("order.shipped", ago + 600, order_id=order, promised_by=t(-2 * 86400))
+                    if fate < 0.15:
+                        add("order.delivery_failed", ago, order_id=order, reason="not home")
+                    else:
+                        add("order.delivered", ago, order_id=order)
+    out.sort(key=lambda e: e["occurred_at"])
+    return out
+
+
+class Cluster:
+    """The broker and the workers of one run."""
+
+    def __init__(self, folder: Path, port: int, config: Path) -> None:
+        self.folder, self.port, self.config = folder, port, config
+        self.env = {**os.environ, "CASEWATCH_KAFKA_PORT": str(port)}
+        self.env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        self.bootstrap = ""
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.started = 0
+        self.kills = 0
+        self.crashed = 0
+        self.bounces = 0
+        self.store = "rocksdb://"
+
+    def broker(self, action: str) -> None:
+        done = subprocess.run(
+            [str(KAFKA), action], env=self.env, capture_output=True, text=True, check=True
+        )
+        if action == "start":
+            self.bootstrap = done.stdout.strip()
+
+    def worker_env(self, slot: int) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CASEWATCH_METRICS_PORT": "0",  # no /metrics: progress is read from the group lag
+            "CASEWATCH_STATE_DIR": str(self.folder / f"state-{slot}"),
+            "CASEWATCH_STORE": self.store,
+        }
+
+    def start(self, slot: int) -> None:
+        out = (self.folder / f"worker-{slot}.log").open("ab")
+        self.workers[slot] = subprocess.Popen(
+            [PY, "-m", "pipeline", "worker", "--config", str(self.config), "--loglevel", "warning"],
+            env=self.worker_env(slot),
+            stdout=out,
+            stderr=out,
+            cwd=REPO,
+        )
+        self.started += 1
+
+    def supervise(self) -> int:
+        """Restart any worker that exited on its own (as Kubernetes would); return how many."""
+        restarted = 0
+        for slot, proc in list(self.workers.items()):
+            if proc.poll() is not None:
+                log(f"worker {slot} exited by itself (code {proc.returncode}): restarting it")
+                del self.workers[slot]
+                self.start(slot)
+                restarted += 1
+        return restarted
+
+    def kill(self, slot: int) -> None:
+        proc = self.workers.pop(slot)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.kills += 1
+
+    def stop(self, slot: int) -> None:
+        proc = self.workers.pop(slot)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def publish(
+    bootstrap: str,
+    config: dict[str, Any],
+    events: list[dict[str, Any]],
+    seconds: float,
+    stop: asyncio.Event,
+) -> None:
+    """Publish the events in order, paced over `seconds`, riding out the broker's restart."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20
+    )
+    await producer.start()
+    t = config["topics"]
+    began = time.monotonic()
+    try:
+        for i, event in enumerate(events):
+            topic = t["orders"] if event["type"].startswith("order.") else t["interactions"]
+            while True:
+                try:
+                    await producer.send(
+                        topic, orjson.dumps(event), key=event["customer_id"].encode()
+                    )
+                    break
+                except Exception as exc:  # the broker bounce: wait and retry the same event
+                    log(f"publish retry: {exc!r}")
+                    await asyncio.sleep(1)
+            if i % 500 == 0:
+                ahead = began + seconds * i / len(events) - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+        stop.set()
+
+
+async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        quiet = 0
+        while quiet < 3:
+            batch = await consumer.getmany(timeout_ms=1000)
+            got = [orjson.loads(m.value) for ms in batch.values() for m in ms]
+            records += got
+            quiet = 0 if got else quiet + 1
+    finally:
+        await consumer.stop()
+    return records
+
+
+def chaos(
+    cluster: Cluster,
+    rng: random.Random,
+    publishing_done: asyncio.Event,
+    kills: int,
+    bounce: bool,
+    loop_seconds: float,
+) -> None:
+    """Scale 1 -> 3, kill -9 random workers (restarting them), bounce the broker, scale to 1."""
+    # runs in a thread beside the publisher
+    cluster.start(0)
+    time.sleep(loop_seconds * 0.08)
+    log("scale 1 -> 3")
+    cluster.start(1)
+    cluster.start(2)
+    interval = loop_seconds * 0.8 / (kills + 1)
+    bounced = False
+    for k in range(kills):
+        pause = rng.uniform(0.3, 1.7) * interval
+        while pause > 0:
+            time.sleep(min(pause, 1.0))
+            pause -= 1.0
+            cluster.crashed += cluster.supervise()
+        slot = rng.choice(sorted(cluster.workers))
+        log(f"kill -9 worker {slot} ({k + 1}/{kills})")
+        cluster.kill(slot)
+        # sometimes restart at once (it rejoins during the rebalance the kill caused)
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0, 3))
+        cluster.start(slot)
+        if bounce and not bounced and k >= kills // 2:
+            log("broker restart")
+            cluster.broker("stop")
+            time.sleep(2)
+            cluster.broker("start")
+            bounced = True
+            cluster.bounces += 1
+    log("scale 3 -> 1")
+    for slot in sorted(cluster.workers)[1:]:
+        cluster.stop(slot)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--short", action="store_true", help="the CI version: fewer events and kills"
+    )
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--customers", type=int)
+    parser.add_argument("--kills", type=int)
+    parser.add_argument("--seconds", type=float, help="how long to publish over")
+    parser.add_argument("--port", type=int, default=39692)
+    parser.add_argument("--no-bounce", action="store_true", help="do not restart the broker")
+    parser.add_argument("--store", default="rocksdb://", help="the workers' table store")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--out", default=str(REPO / "tests" / "chaos" / "results" / "latest.json"))
+    args = parser.parse_args()
+    events_n = args.events or (20_000 if args.short else 200_000)
+    customers = args.customers or (2_000 if args.short else 10_000)
+    kills = args.kills if args.kills is not None else (4 if args.short else 12)
+    seconds = args.seconds or (60.0 if args.short else 240.0)
+    rng = random.Random(args.seed)
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"casewatch-chaos-{os.getpid()}"
+    folder.mkdir(parents=True)
+
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    run_id = f"chaos{int(time.time())}"
+    data["pipeline"] |= {"app_id": run_id, "partitions": 6}
+    for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
+        data["topics"][name] = f"{run_id}.{name}"
+    data["topics"]["handler_prefix"] = f"{run_id}.handler."
+    for handler in data["handlers"].values():  # no capacity or SLA effects: those depend on
+        handler |= {"capacity": 1_000_000, "resolve_within": "30d"}  # cross-partition order
+    config = folder / "casewatch.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
+    events = workload(customers, events_n, start - timedelta(seconds=seconds), args.seed)
+    # (a little over events_n: orders bring their deliveries; nothing is cut, or the newest
+    # events, the shipments whose deadlines pass during the run, would be the ones cut)
+    file = folder / "events.jsonl"
+    file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    log(
+        f"{len(events)} events, {customers} customers, {kills} kills, publishing over {seconds:.0f}s"
+    )
+
+    cluster = Cluster(folder, args.port, config)
+    cluster.store = args.store
+    cluster.broker("start")
+    figures: dict[str, Any] = {}
+    try:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap}
+        subprocess.run(
+            [PY, "-m", "pipeline", "topics", "--config", str(config)],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=REPO,
+        )
+        began = time.monotonic()
+
+        async def run() -> None:
+            done = asyncio.Event()
+            publisher = asyncio.create_task(publish(cluster.bootstrap, data, events, seconds, done))
+            await asyncio.to_thread(chaos, cluster, rng, done, kills, not args.no_bounce, seconds)
+            await publisher
+
+        asyncio.run(run())
+        log("publishing done; waiting for the last worker to drain and deadlines to pass")
+        from tests.integration.test_ingest import lag
+
+        sources = [data["topics"]["interactions"], data["topics"]["orders"]]
+        deadline = time.monotonic() + 600
+        recovered_at = None
+        while time.monotonic() < deadline:
+            cluster.crashed += cluster.supervise()
+            behind = asyncio.run(lag(cluster.bootstrap, run_id, sources))
+            if behind == 0 and recovered_at is None:
+                recovered_at = time.monotonic()
+                log("consumer group caught up (lag 0)")
+            if recovered_at and datetime.now(UTC) > start + timedelta(seconds=150):
+                break
+            time.sleep(2)
+        time.sleep(5)
+        until = datetime.now(UTC)
+        oracle_run = subprocess.run(
+            [
+                PY,
+                "-m",
+                "pipeline",
+                "replay",
+                str(file),
+                "--config",
+                str(config),
+                "--until",
+                until.isoformat(),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        )
+        oracle = Counter(
+            (r["exception_id"], r["status"])
+            for r in map(json.loads, oracle_run.stdout.splitlines())
+        )
+        topics = sorted({f"{run_id}.handler.{h}" for h in data["handlers"]})
+        records = asyncio.run(read_handlers(cluster.bootstrap, topics))
+        got = Counter((r["exception_id"], r["status"]) for r in records)
+        lost = sorted(set(oracle) - set(got))
+        spurious = sorted(set(got) - set(oracle))
+        duplicates = sum(n - 1 for n in got.values() if n > 1)
+        figures = {
+            "events": len(events),
+            "customers": customers,
+            "workers_started": cluster.started,
+            "kills": cluster.kills,
+            "worker_crashes_restarted": cluster.crashed,
+            "broker_restarts": cluster.bounces,
+            "expected_records": len(oracle),
+            "records_read": sum(got.values()),
+            "lost": len(lost),
+            "spurious": len(spurious),
+            "duplicates": duplicates,
+            "run_seconds": round(time.monotonic() - began, 1),
+            "drained_seconds_after_publishing": round(
+                (recovered_at or time.monotonic()) - began - seconds, 1
+            ),
+            "mode": "at-least-once",
+            "store": args.store,
+        }
+        for key, value in figures.items():
+            print(f"{key:35} {value}")
+        if lost:
+            print("lost (first 5):", lost[:5])
+        if spurious:
+            print("spurious (first 5):", spurious[:5])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+        return 1 if lost or spurious else 0
+    finally:
+        for slot in list(cluster.workers):
+            cluster.stop(slot)
+        subprocess.run([str(KAFKA), "stop", "--purge"], env=cluster.env, capture_output=True)
+        log(f"logs and data of this run: {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
