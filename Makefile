@@ -63,3 +63,15 @@ kafka-stop:
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# The benchmark (bench/run.py, docs/performance.md): small by default, `make bench FULL=1` for
+# the full run (100,000 customers), `make bench FULL=1 SOAK=10` adds a 10-minute memory soak.
+# Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on port 39192.
+.PHONY: bench bench-smoke
+bench: setup
+	$(BIN)/python bench/run.py $(if $(FULL),--full) $(if $(SOAK),--soak $(SOAK))
+
+# Every phase of the benchmark on a few thousand events, in under a minute: what CI runs so that
+# the benchmark keeps working (not a timed test: it fails only when a phase fails).
+bench-smoke: setup
+	$(BIN)/python bench/run.py --smoke

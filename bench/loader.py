@@ -1,0 +1,199 @@
+"""Kafka clients of the benchmark: the bulk loader, the paced publisher, and the ceiling loop.
+
+All plain aiokafka. The bulk loader fills one batch per partition at a time (the producer's batch
+API: no per-message future), the way a bulk upstream loads; `acks=1` is enough for loading a
+local broker. The paced publisher sends each event when the wall clock reaches its event time,
+with `producer.send()`, as a live upstream does, and remembers when it sent what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.workload import Msg
+from pipeline.ingest import parse_event
+from pipeline.replay import partition_for
+
+BATCH_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Where the workload goes: orders and interactions, with their partition count."""
+
+    interactions: str
+    orders: str
+    partitions: int
+
+    def of(self, m: Msg) -> str:
+        return self.orders if m.orders else self.interactions
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> None:
+    """Delete every topic of these runs (ours and the workers' internal ones)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def load(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> float:
+    """Publish every message keyed by customer, as fast as the producer goes; return seconds."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=20,
+        max_batch_size=BATCH_BYTES,
+        max_request_size=4 * BATCH_BYTES,
+    )
+    await producer.start()
+    try:
+        lanes: dict[tuple[str, int], list[Msg]] = {}
+        for m in msgs:
+            lanes.setdefault(
+                (topics.of(m), partition_for(m.key.decode(), topics.partitions)), []
+            ).append(m)
+        for topic in {topics.interactions, topics.orders}:
+            await producer.partitions_for(topic)  # metadata first: time the sending only
+        started = time.perf_counter()
+        futures = await asyncio.gather(*(_lane(producer, t, p, ms) for (t, p), ms in lanes.items()))
+        await asyncio.gather(*(f for fs in futures for f in fs))
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+async def _lane(
+    producer: AIOKafkaProducer, topic: str, partition: int, msgs: list[Msg]
+) -> list[asyncio.Future[object]]:
+    """One partition's messages, in order, batch after batch (one batch in flight per partition)."""
+    futures = []
+    batch = producer.create_batch()
+    for m in msgs:
+        if batch.append(key=m.key, value=m.value, timestamp=None) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=m.key, value=m.value, timestamp=None)
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
+@dataclass
+class Paced:
+    """What a paced run sent: (topic, partition, offset) -> wall-clock send time."""
+
+    sent: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    count: int = 0
+    first: float = 0.0  # wall-clock time of the first send
+    last: float = 0.0  # ... and of the last
+    lag_max: float = 0.0  # how far behind its schedule the publisher fell at worst
+
+
+async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
+    """Send each message when the wall clock reaches its event time (Poisson-like arrivals)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=2)
+    await producer.start()
+    out = Paced()
+    pending: list[tuple[asyncio.Future[object], float]] = []
+    try:
+        await producer.partitions_for(topics.interactions)
+        await producer.partitions_for(topics.orders)
+        i = 0
+        while i < len(msgs):
+            now = time.time()
+            if msgs[i].t > now:
+                await asyncio.sleep(min(0.005, msgs[i].t - now))
+                continue
+            out.lag_max = max(out.lag_max, now - msgs[i].t)
+            while i < len(msgs) and msgs[i].t <= now:
+                m = msgs[i]
+                future = await producer.send(topics.of(m), m.value, key=m.key)
+                pending.append((future, now))
+                i += 1
+        await producer.flush()
+        out.count = len(msgs)
+        out.first, out.last = pending[0][1], pending[-1][1]
+        for future, at in pending:
+            md = future.result()
+            out.sent[(md.topic, md.partition, md.offset)] = at  # type: ignore[attr-defined]
+        return out
+    finally:
+        await producer.stop()
+
+
+async def ceiling(bootstrap: str, topics: Topics, scratch: str, total: int, group: str) -> float:
+    """The client's own ceiling: consume everything, validate each value with the pipeline's
+    models (`parse_event`), produce one small record per event. Returns events per second,
+    from the first record fetched to the last output acknowledged."""
+    consumer = AIOKafkaConsumer(
+        topics.interactions,
+        topics.orders,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1024 * 1024,
+        fetch_max_bytes=8 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        seen, started = 0, 0.0
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if batches and not started:
+                started = time.perf_counter()
+            for records in batches.values():
+                for r in records:
+                    event = parse_event(r.value)
+                    await producer.send(scratch, event.event_id.encode(), key=r.key)
+                seen += len(records)
+        await producer.flush()
+        return total / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def read_all(
+    bootstrap: str, topic: str, partitions: int
+) -> list[tuple[bytes | None, bytes | None, int, int, int]]:
+    """Every record of a topic now: (key, value, partition, offset, timestamp ms)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        todo = {tp for tp in tps if ends[tp] > 0}
+        while todo:
+            for tp, records in (await consumer.getmany(*todo, timeout_ms=1000)).items():
+                out += [(r.key, r.value, r.partition, r.offset, r.timestamp) for r in records]
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    todo.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
