@@ -62,7 +62,10 @@ def summarise(raw: Path, top: int = 25) -> str:
             under[f] += n
     if not total:
         return "no samples"
-    lines = [
+    lines = ["where the time goes (share of busy samples):"]
+    lines += [f"{share:6.1f}%  {area}" for area, share in areas(raw).items()]
+    lines += [
+        "",
         f"{total} samples of threads running Python (100 per second; {waiting} more samples of "
         "threads blocked in select/epoll or a lock wait are left out)",
         "",
@@ -88,6 +91,43 @@ _WAITING = frozenset(
         "epoll",
     }
 )
+
+
+# Where the time goes: the first rule whose function is on a sample's stack names its share.
+_AREAS = (
+    ("serve_forever", "metrics endpoint (answering /metrics scrapes)"),
+    ("WorkerThread.run", "Faust consumer thread (fetching)"),
+    ("DispatchStep.handle", "dispatch: routing on the one partition"),
+    ("Ingest.tick", "clock ticks"),
+    ("parse_event", "Casewatch: validation (pydantic parse_event)"),
+    ("ManagedUserDict.__setitem__", "Casewatch: table write (RocksDB put + changelog record)"),
+    ("Mapping.get", "Casewatch: table read (RocksDB get)"),
+    ("Ingest._publish", "Casewatch: exception record sent, awaiting its ack"),
+    ("Ingest._handle", "Casewatch: own logic (state codec, dedupe, rules, context, metrics)"),
+    ("Sender._sender_routine", "aiokafka producer: building and sending requests"),
+    ("Sender._send_produce_req", "aiokafka producer: building and sending requests"),
+    ("Timer.", "Faust timers (ticks sender, lag, commit)"),
+    ("Consumer.commit", "Faust offset commits"),
+)
+
+
+def areas(raw: Path) -> dict[str, float]:
+    """Share of busy samples per area of the worker (see `_AREAS`), the rest as Faust/asyncio."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        names = [f.split(" (")[0] for f in stack.split(";")]
+        if names[-1] in _WAITING:
+            continue
+        area = next(
+            (label for marker, label in _AREAS if any(n.startswith(marker) for n in names)),
+            "Faust/mode/asyncio per-message machinery (streams, events, acks, scheduling)",
+        )
+        counts[area] += int(count)
+    total = sum(counts.values()) or 1
+    return {k: round(100 * v / total, 1) for k, v in counts.most_common()}
 
 
 def _short(frame: str) -> str:

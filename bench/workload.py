@@ -4,24 +4,23 @@ Events come in *episodes*, the way customer operations produce them: a customer 
 problem (usually once, sometimes again and again, growing angrier), places an order that ships
 and is delivered (or is late, lost, fails at the door, or is cancelled), reports a broken asset
 (and sometimes reports it again), complains, or has their profile updated. Customers are not
-equally active: a tenth of them produce about a third of the traffic.
+equally active: a tenth of them produce about a quarter of the traffic.
 
-The mix (share of events, measured on the default 300,000-event workload):
+The mix (share of events, measured on the full 300,000-event workload):
 
 | type | share |
 |---|---|
-| interaction.contact | ~57% |
-| order.placed / shipped / delivered | ~9% each |
-| customer.profile | ~6% |
-| interaction.maintenance_requested / completed | ~4% / ~3% |
-| interaction.complaint | ~2% |
-| order.cancelled, order.delivery_failed | ~0.3% / ~0.2% |
+| interaction.contact | 60.9% |
+| customer.profile | 11.1% |
+| order.placed / shipped / delivered | 6.0% / 5.9% / 5.8% |
+| interaction.maintenance_requested / completed | 3.9% / 3.1% |
+| interaction.complaint | 3.1% |
+| order.cancelled, order.delivery_failed | 0.17% / 0.12% |
 
-plus ~0.2% repeats of an event already sent (as an upstream retry does), which Casewatch counts
-and ignores. Each event is about 300 bytes of JSON (a `source` and a few `attributes`, as real
-CRM and order systems send). With the default rules about 4 exception records fire per 1,000
-events (`python bench/workload.py` prints the measured rate per rule, through the offline
-replay).
+plus 0.2% repeats of a message already sent (as an upstream retry does), which Casewatch counts
+and ignores. Each event is about 330 bytes of JSON (a `source` and a few `attributes`, as real
+CRM and order systems send). With the default rules about 5 exceptions open per 1,000 events
+(`python bench/workload.py` prints the measured rate per rule, through the offline replay).
 
 Durations are in model hours: an episode unfolds over hours. `span_hours` says how many model
 hours the workload covers and `seconds` how many real seconds of event time they map to; the
