@@ -52,6 +52,7 @@ class Dispatcher:
     config: Config
     store: MutableMapping[str, dict[str, Any]]  # exception id -> entry (the dispatch table)
     open: dict[str, set[str]] = field(default_factory=dict)  # handler -> open exception ids
+    since: dict[str, float] = field(default_factory=dict)  # open id -> routed to its holder at
     _sla: list[tuple[float, str]] = field(default_factory=list)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
     # drained by the caller: handlers whose SLA was breached; (handler, seconds held) resolved
@@ -67,6 +68,7 @@ class Dispatcher:
     def rebuild(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """After a rebalance or restart: counts and timers from the table's contents."""
         self.open = {name: set() for name in self.config.handlers}
+        self.since = {}
         self._sla, self._expiry = [], []
         self.entries = 0
         for exception_id, entry in items:
@@ -169,8 +171,10 @@ class Dispatcher:
 
     def oldest_open(self, handler: str) -> float | None:
         """Event time at which the oldest exception this handler holds was routed to it."""
-        times = [self.store[i]["since"] for i in self.open.get(handler, ()) if i in self.store]
-        return min(times, default=None)
+        # From memory: the gauges ask on every dispatch message, the table is not read for it.
+        return min(
+            (self.since[i] for i in self.open.get(handler, ()) if i in self.since), default=None
+        )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -259,6 +263,7 @@ class Dispatcher:
     ) -> list[Routed]:
         for h in entry["holders"]:
             self._leave(exception_id, h)
+        self.since.pop(exception_id, None)
         closed = {**entry, "record": {}, "closed": now, "deadline": None}
         self.store[exception_id] = closed
         heapq.heappush(self._expiry, (now + KEEP_CLOSED, exception_id))
@@ -272,6 +277,7 @@ class Dispatcher:
 
     def _enter(self, exception_id: str, handler: str, entry: dict[str, Any]) -> None:
         self.open.setdefault(handler, set()).add(exception_id)
+        self.since[exception_id] = entry["since"]
         if entry.get("deadline") is not None:
             heapq.heappush(self._sla, (entry["deadline"], exception_id))
 
@@ -285,6 +291,7 @@ class Dispatcher:
         for h in entry["holders"]:
             if h in self.config.handlers:
                 self.open.setdefault(h, set()).add(exception_id)
+        self.since[exception_id] = entry["since"]
         if entry.get("deadline") is not None:
             heapq.heappush(self._sla, (entry["deadline"], exception_id))
 

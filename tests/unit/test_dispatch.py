@@ -180,3 +180,32 @@ def test_the_former_holder_may_still_resolve_after_an_escalation(config: Config)
     )
     assert [(r.handler, r.record["status"]) for r in out] == [("supervisors", "resolved")]
     assert d.open_count("supervisors") == 0
+
+
+def test_the_oldest_open_age_comes_from_memory_and_follows_the_holder(config: Config) -> None:
+    class Counting(dict[str, Any]):
+        reads = 0
+
+        def get(self, key: str, default: Any = None) -> Any:
+            Counting.reads += 1
+            return super().get(key, default)
+
+        def __getitem__(self, key: str) -> Any:
+            Counting.reads += 1
+            return super().__getitem__(key)
+
+    store = Counting()
+    d = Dispatcher(config, store)
+    d.on_exception(record(1), 10.0)
+    d.on_exception(record(2), 20.0)
+    before = Counting.reads
+    assert d.oldest_open("logistics") == 10.0
+    assert Counting.reads == before  # the gauge does not read the table
+    d.on_exception(record(1, status="resolved"), 30.0)
+    assert d.oldest_open("logistics") == 20.0
+    d.fire(20.0 + 8 * H)  # x2 escalates to supervisors at its deadline
+    assert d.oldest_open("logistics") is None
+    assert d.oldest_open("supervisors") == 20.0 + 8 * H
+    again = Dispatcher(config, store)
+    again.rebuild(store.items())
+    assert again.oldest_open("supervisors") == 20.0 + 8 * H
