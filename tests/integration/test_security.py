@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.security import KafkaSecurity
-from tests.integration.workers import Worker, free_port, wait_for
+from tests.integration.workers import Worker, free_port, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -161,31 +161,9 @@ def worker(
 ) -> Iterator[Worker]:
     """`casewatch worker` signed in as `worker`."""
     tmp = tmp_path_factory.mktemp("worker")
-    port = free_port()
-    env = broker.env(
-        "worker",
-        CASEWATCH_STORE="memory://",
-        CASEWATCH_METRICS_PORT=str(port),
-        CASEWATCH_STATE_DIR=str(tmp / "state"),
-    )
-    log = tmp / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "worker", "--config", str(config_file)],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    running = Worker(proc, port, log)
-    try:
-        wait_for("the worker's /metrics", lambda: running.metric("casewatch_worker_up") == 1, 90)
+    env = broker.env("worker", CASEWATCH_STORE="memory://")
+    with start_worker(config_file, env, tmp) as running:
         yield running
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def casewatch(

@@ -67,8 +67,18 @@ def run_worker(
         check=True,
         timeout=120,
     )
+    with start_worker(config, env, tmp) as worker:
+        yield worker
+
+
+@contextmanager
+def start_worker(
+    config: Path, env: dict[str, str], tmp: Path, timeout: float = 90
+) -> Iterator[Worker]:
+    """`casewatch worker` with `env` (its own /metrics port and state directory under `tmp`),
+    once its /metrics says it is up; stopped with SIGTERM afterwards."""
     port = free_port()
-    env |= {"CASEWATCH_METRICS_PORT": str(port), "CASEWATCH_STATE_DIR": str(tmp / "state")}
+    env = {**env, "CASEWATCH_METRICS_PORT": str(port), "CASEWATCH_STATE_DIR": str(tmp / "state")}
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "worker.log"
     with log.open("wb") as out:
@@ -80,7 +90,9 @@ def run_worker(
         )
     worker = Worker(proc, port, log)
     try:
-        wait_for("the worker's /metrics", lambda: worker.metric("casewatch_worker_up") == 1, 60)
+        wait_for(
+            "the worker's /metrics", lambda: worker.metric("casewatch_worker_up") == 1, timeout
+        )
         yield worker
     finally:
         proc.terminate()
