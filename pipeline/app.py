@@ -70,20 +70,8 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         for h in config.handlers
     }
     # Faust picks a table's serializers from key_type/value_type: bytes means raw.
-    customers = app.Table(
-        "customers",
-        partitions=p.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        schema=faust.Schema(**_RAW),
-    )
-    clocks = app.Table(
-        "clocks",
-        partitions=p.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        schema=faust.Schema(**_RAW),
-    )
+    customers = _table(app, "customers", p.partitions)
+    clocks = _table(app, "clocks", p.partitions)
     ingest = Ingest(
         config=config,
         metrics=metrics,
@@ -94,13 +82,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         table=customers,
         clocks_table=_TextKeys(clocks),
     )
-    entries = app.Table(
-        "dispatch",
-        partitions=1,
-        key_type=bytes,
-        value_type=bytes,
-        schema=faust.Schema(**_RAW),
-    )
+    entries = _table(app, "dispatch", 1)
     router = DispatchStep(
         config=config,
         metrics=metrics,
@@ -190,6 +172,17 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
             log.info("progress: " + " ".join(f"{k}={int(v)}" for k, v in counts.items()))
 
     return app
+
+
+def _table(app: faust.App, name: str, partitions: int) -> Any:
+    """A changelog-backed table of raw bytes (Faust picks serializers from key/value types)."""
+    return app.Table(
+        name,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(**_RAW),
+    )
 
 
 class _TextKeys:
