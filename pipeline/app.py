@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from pipeline.config import Config, Runtime
+from pipeline.durable import App
 from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.worker import TICK, DispatchStep, Ingest
@@ -25,7 +26,9 @@ _RAW: dict[str, Any] = {
 def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     """A Faust app consuming the source topics as raw bytes (we validate, not Faust)."""
     p, t = config.pipeline, config.topics
-    app = faust.App(
+    # DurableBuffer: an offset commit waits until every table change before it is in its
+    # changelog (Faust's own flush does not; see pipeline/durable.py).
+    app = App(
         p.app_id,
         broker=[f"kafka://{h.strip()}" for h in runtime.bootstrap_servers.split(",")],
         broker_credentials=runtime.security.faust_credentials(),  # None: PLAINTEXT
@@ -41,6 +44,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
+        processing_guarantee=runtime.guarantee,
         # How long a crashed worker keeps its partitions before the others take them over.
         broker_session_timeout=p.session_timeout.total_seconds(),
         broker_heartbeat_interval=min(3.0, p.session_timeout.total_seconds() / 3),

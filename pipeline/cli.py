@@ -182,6 +182,14 @@ def _worker(args: argparse.Namespace) -> int:
     # Sign in once first: Faust reports rejected credentials as a traceback ending in
     # "Unable to bootstrap", which names neither the user nor the variable to fix.
     asyncio.run(check_access(runtime.bootstrap_servers, runtime.security))
+    if runtime.guarantee == "exactly_once":
+        print(
+            "casewatch: warning: CASEWATCH_PROCESSING_GUARANTEE=exactly_once uses Faust's Kafka "
+            "transactions, which committed nothing in our tests (faust-streaming 0.15.3): no "
+            "exception reached a read_committed consumer. For evaluation only; see "
+            "docs/reliability.md, 'Exactly-once mode'.",
+            file=sys.stderr,
+        )
     app = build_app(config, runtime, metrics)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0

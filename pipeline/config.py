@@ -159,6 +159,9 @@ class Runtime(BaseModel):
     # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster but lost
     # state under kill -9 in the chaos harness (docs/reliability.md): opt in knowingly.
     store: str = "memory://"
+    # exactly_once: Faust's Kafka transactions (docs/reliability.md says what the chaos harness
+    # found); at_least_once: duplicates are possible and removable by exception_id + status.
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     security: KafkaSecurity = KafkaSecurity()  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*
 
     @classmethod
@@ -172,6 +175,7 @@ class Runtime(BaseModel):
             "metrics_port": e.get("CASEWATCH_METRICS_PORT"),
             "state_dir": e.get("CASEWATCH_STATE_DIR"),
             "store": e.get("CASEWATCH_STORE"),
+            "guarantee": e.get("CASEWATCH_PROCESSING_GUARANTEE"),
             "security": KafkaSecurity.from_env(e),
         }
         return cls.model_validate({k: v for k, v in fields.items() if v})

@@ -1,0 +1,97 @@
+"""Offsets are committed only after every table write before them reached its changelog.
+
+Faust writes a table change to the changelog through `ProducerBuffer.send_soon` and, before it
+commits consumer offsets, calls `producer.flush()`. In faust-streaming 0.15.x that flush does not
+wait for the buffer (found by the chaos harness, docs/reliability.md):
+
+- `ProducerBuffer.flush` waits at most 0.1 s for the next message to go out and then returns,
+  whatever is still queued (a slow broker, a full accumulator, a broker restart);
+- the message being handed to the client is no longer counted (`size` is the queue length), so
+  a flush that sees an empty queue returns while that message is still outside aiokafka;
+- a change the broker refused is only logged (`Topic._on_published`), never raised.
+
+Each lets an offset commit overtake a changelog write: after a `kill -9`, the event is not read
+again and the state change is gone (lost exceptions, wrong counts). `DurableBuffer.flush`
+waits for every change put in it to be acknowledged by the broker and raises if one failed,
+so the commit does not happen and the worker stops; its restart reads those events again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import faust
+from faust.transport.producer import ProducerBuffer
+from faust.types import FutureMessage
+from faust.types.transports import ProducerT
+
+# A flush that waits longer than this for the broker raises: the commit is skipped and the
+# worker stops (its supervisor restarts it) rather than committing past unwritten state.
+FLUSH_TIMEOUT = 120.0
+
+
+class ChangelogNotWritten(RuntimeError):
+    """A table change did not reach its changelog: committing offsets now would lose it."""
+
+
+class DurableBuffer(ProducerBuffer):
+    """Faust's producer buffer whose `flush` returns only when all its messages are acked."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.unacked: set[FutureMessage] = set()
+        self.failed: list[tuple[str, BaseException]] = []
+        self.flush_timeout = FLUSH_TIMEOUT
+
+    def put(self, fut: FutureMessage) -> None:
+        self.unacked.add(fut)
+        fut.add_done_callback(self._done)
+        super().put(fut)
+
+    def _done(self, fut: Any) -> None:
+        self.unacked.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.failed.append((fut.message.channel.get_topic_name(), fut.exception()))
+
+    async def _send_pending(self, fut: FutureMessage) -> None:
+        try:
+            await super()._send_pending(fut)
+        except Exception as exc:  # never reached the client: the flush must not pass it
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def flush(self) -> None:
+        deadline = time.monotonic() + self.flush_timeout
+        while self.unacked:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChangelogNotWritten(
+                    f"{len(self.unacked)} table changes not acknowledged by the broker after "
+                    f"{self.flush_timeout:.0f} s; not committing offsets (the events are read "
+                    "again after a restart)"
+                )
+            await asyncio.wait(set(self.unacked), timeout=min(left, 1.0))
+        if self.failed:
+            topic, exc = self.failed[0]
+            count = len(self.failed)
+            self.failed = []
+            raise ChangelogNotWritten(
+                f"{count} table changes were refused by the broker (first: {topic}: {exc!r}); "
+                "not committing offsets (the events are read again after a restart)"
+            )
+
+
+class App(faust.App):
+    """faust.App whose producer uses DurableBuffer for table changelogs."""
+
+    def _new_producer(self) -> ProducerT:
+        producer: Any = super()._new_producer()
+        old: Any = producer.buffer
+        buffer = DurableBuffer(loop=producer.loop, beacon=producer.beacon)
+        buffer.app = old.app
+        if getattr(old, "threaded_producer", None) is not None:
+            buffer.threaded_producer = old.threaded_producer
+        producer.buffer = buffer
+        return cast(ProducerT, producer)
