@@ -172,6 +172,7 @@ def _worker(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
     from pipeline.app import build_app
+    from pipeline.durable import local_state_guard
     from pipeline.metrics import Metrics
 
     runtime = Runtime.from_env()
@@ -191,7 +192,8 @@ def _worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     app = build_app(config, runtime, metrics)
-    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    with local_state_guard(app, runtime.store):
+        Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 
 

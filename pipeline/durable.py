@@ -19,13 +19,21 @@ so the commit does not happen and the worker stops; its restart reads those even
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import faust
 from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage
 from faust.types.transports import ProducerT
+
+log = logging.getLogger(__name__)
 
 # A flush that waits longer than this for the broker raises: the commit is skipped and the
 # worker stops (its supervisor restarts it) rather than committing past unwritten state.
@@ -63,16 +71,20 @@ class DurableBuffer(ProducerBuffer):
                 fut.set_exception(exc)
 
     async def flush(self) -> None:
+        # Only what was put before this flush: the offsets being committed were acked after
+        # their table writes were put. Waiting for later puts too would starve the commit
+        # under steady input.
+        waiting = set(self.unacked)
         deadline = time.monotonic() + self.flush_timeout
-        while self.unacked:
+        while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChangelogNotWritten(
-                    f"{len(self.unacked)} table changes not acknowledged by the broker after "
+                    f"{len(waiting)} table changes not acknowledged by the broker after "
                     f"{self.flush_timeout:.0f} s; not committing offsets (the events are read "
                     "again after a restart)"
                 )
-            await asyncio.wait(set(self.unacked), timeout=min(left, 1.0))
+            _, waiting = await asyncio.wait(waiting, timeout=min(left, 1.0))
         if self.failed:
             topic, exc = self.failed[0]
             count = len(self.failed)
@@ -95,3 +107,39 @@ class App(faust.App):
             buffer.threaded_producer = old.threaded_producer
         producer.buffer = buffer
         return cast(ProducerT, producer)
+
+
+@contextmanager
+def local_state_guard(app: faust.App, store: str) -> Iterator[None]:
+    """Around a worker's run: local RocksDB tables survive only a clean stop.
+
+    A `kill -9` can leave RocksDB holding writes whose changelog records never reached the
+    broker (their offsets were not committed either, so the events are read again and
+    deduplicated against state the changelog lacks). Kafka Streams wipes local state after
+    an unclean stop under exactly-once for the same reason. A marker file, removed only on
+    a clean stop, tells the next start to delete the tables and rebuild them from the
+    changelogs.
+    """
+    if not store.startswith("rocksdb:"):
+        yield
+        return
+    tables = Path(app.conf.tabledir)
+    marker = tables.parent / "casewatch-running"
+    if marker.exists():
+        log.warning(
+            "the previous worker with state in %s did not stop cleanly (pid %s): removing "
+            "its local tables; they are rebuilt from the changelogs",
+            tables,
+            marker.read_text().strip() or "?",
+        )
+        shutil.rmtree(tables, ignore_errors=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    except SystemExit as exit_:
+        if not exit_.code:  # a clean stop (SIGTERM, Ctrl-C): local state matches the changelog
+            marker.unlink(missing_ok=True)
+        raise
+    else:
+        marker.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ until each change is acknowledged, and fail if one was refused."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -11,7 +12,7 @@ import pytest
 from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage, PendingMessage
 
-from pipeline.durable import ChangelogNotWritten, DurableBuffer
+from pipeline.durable import ChangelogNotWritten, DurableBuffer, local_state_guard
 
 
 class SlowTopic:
@@ -97,3 +98,70 @@ def test_a_broker_that_never_acknowledges_fails_the_flush_after_the_timeout() ->
                 await buffer.stop()
 
     asyncio.run(scenario())
+
+
+def _app(tmp_path: Any) -> faust.App:
+    return faust.App("guard-test", autodiscover=False, datadir=str(tmp_path))
+
+
+def _worker_run(app: faust.App, exit_code: int) -> None:
+    """A worker's run that writes a table and stops the way Faust's worker stops."""
+    with local_state_guard(app, "rocksdb://"):
+        (Path(app.conf.tabledir) / "customers-0.db").mkdir(parents=True, exist_ok=True)
+        raise SystemExit(exit_code)
+
+
+def test_rocksdb_tables_left_by_a_killed_worker_are_removed_before_the_next_start(
+    tmp_path: Any,
+) -> None:
+    app = _app(tmp_path)
+    tables = Path(app.conf.tabledir)
+    (tables / "customers-0.db").mkdir(parents=True)
+    (tables.parent / "casewatch-running").write_text("4242\n")  # left by a kill -9
+    with local_state_guard(app, "rocksdb://"):
+        assert not (tables / "customers-0.db").exists()  # rebuilt from the changelog instead
+        assert (tables.parent / "casewatch-running").read_text() != "4242\n"
+
+
+def test_rocksdb_tables_survive_a_clean_stop_and_not_a_crash(tmp_path: Any) -> None:
+    app = _app(tmp_path)
+    tables = Path(app.conf.tabledir)
+    with pytest.raises(SystemExit):
+        _worker_run(app, 0)  # a SIGTERM stop
+    with local_state_guard(app, "rocksdb://"):
+        assert (tables / "customers-0.db").exists()
+    with pytest.raises(SystemExit):
+        _worker_run(app, 1)  # a crash: the tables may hold writes the changelog lacks
+    with local_state_guard(app, "rocksdb://"):
+        assert not (tables / "customers-0.db").exists()
+
+
+def test_the_memory_store_has_no_marker(tmp_path: Any) -> None:
+    app = _app(tmp_path)
+    with local_state_guard(app, "memory://"):
+        assert not list(Path(tmp_path).rglob("casewatch-running"))
+
+
+def test_a_flush_waits_for_earlier_changes_only_so_steady_input_cannot_starve_a_commit() -> None:
+    async def scenario() -> bool:
+        app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+        buffer = DurableBuffer()
+        buffer.app = app
+        await buffer.start()
+        topic = SlowTopic(accept=0.0, ack=0.2)
+        buffer.put(message(topic, b"before"))
+
+        async def steady_input() -> None:
+            for i in range(40):  # a new change every 50 ms, each acked 200 ms later
+                buffer.put(message(topic, b"after%d" % i))
+                await asyncio.sleep(0.05)
+
+        feeder = asyncio.create_task(steady_input())
+        await buffer.flush()
+        assert b"before" in topic.acked
+        input_still_running = not feeder.done()
+        await feeder
+        await buffer.stop()
+        return input_still_running
+
+    assert asyncio.run(scenario())  # the flush returned while the input went on
