@@ -181,3 +181,26 @@ def git_head(repo: Path) -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
+
+
+def drain_summary(r: dict[str, Any]) -> str:
+    """One line per figure of a `--drain-only` run (an A/B comparison)."""
+    rows = [
+        ("mode", f"{r['mode']} (drain only): {r['events']:,} events, store {r['store']}"),
+        ("ceiling", f"{_fmt(r['ceiling_events_per_s'])} events/s"),
+        (
+            "one worker, backlog drain",
+            f"{_fmt(r['worker_events_per_s'])} events/s "
+            f"(10-90%: {_fmt(r['worker_steady_events_per_s'])})",
+        ),
+        (
+            "events per CPU second",
+            f"ceiling {_fmt(r.get('ceiling_events_per_cpu_s'))}, "
+            f"worker {_fmt(r.get('worker_events_per_cpu_s'))} "
+            f"(worker waited for a CPU {_fmt(100 * (r.get('worker_runqueue_share') or 0), 0)}% "
+            "of the drain)",
+        ),
+        ("dispatch caught up after the drain", f"{_fmt(r['worker_routing_catch_up_s'], 1)} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

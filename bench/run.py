@@ -156,6 +156,14 @@ class Bench:
         self.say(f"published {len(backlog):,} events: {self.r['publish_events_per_s']:,.0f}/s")
         self.ceiling(topics, len(backlog))
         worker = self.one_worker(config, len(backlog))
+        self.r["ratio"] = self.r["worker_events_per_s"] / self.r["ceiling_events_per_s"]
+        if self.args.drain_only:
+            self.stop([worker])
+            self.r |= {
+                "loadavg_after": report.loadavg(),
+                "duration_s": round(time.monotonic() - began, 1),
+            }
+            return self.r
         already = len(backlog)
         loads = []
         for fraction in m.loads:
@@ -170,7 +178,6 @@ class Bench:
         self.r["scale_out_ratio"] = (
             self.r["two_workers_events_per_s"] / self.r["worker_events_per_s"]
         )
-        self.r["ratio"] = self.r["worker_events_per_s"] / self.r["ceiling_events_per_s"]
         self.r |= {
             "loadavg_after": report.loadavg(),
             "duration_s": round(time.monotonic() - began, 1),
@@ -405,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     size.add_argument("--full", dest="mode", action="store_const", const="full")
     p.set_defaults(mode="small")
-    p.add_argument("--store", default="rocksdb://", choices=("rocksdb://", "memory://"))
+    # memory:// is the worker's default (pipeline/config.py Runtime); rocksdb:// is opt-in.
+    p.add_argument("--store", default="memory://", choices=("memory://", "rocksdb://"))
     p.add_argument(
         "--soak",
         type=float,
@@ -418,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="py-spy on the one worker while it drains and under the 70%% load: summaries in "
         "the JSON and on stderr",
+    )
+    p.add_argument(
+        "--drain-only",
+        action="store_true",
+        help="stop after the one-worker drain (publish, ceiling, drain, routing catch-up): "
+        "for A/B comparisons of events per CPU second",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs, state)")
@@ -440,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
     report.write(results, args.out)
+    if args.drain_only:
+        print(report.drain_summary(results))
+        print(f"\nfigures: {args.out}", file=sys.stderr)
+        return 0
     print(report.table(results))
     print(f"\nfigures: {args.out}", file=sys.stderr)
     print(chart.draw(results, args.out.with_suffix(".png")), file=sys.stderr)

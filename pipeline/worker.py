@@ -87,6 +87,8 @@ class Ingest:
     customers: int = 0  # keys in the customers table held here
     # The ingest, re-key and tick agents run as separate tasks: one customer at a time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # casewatch_events_total's child per (topic, type): `labels()` looked up once, not per event
+    counted: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config)
@@ -140,13 +142,18 @@ class Ingest:
         if updated is None:
             self.metrics.duplicates.labels(msg.topic).inc()
             return
-        self.metrics.events.labels(msg.topic, event.type).inc()
+        counted = self.counted.get((msg.topic, event.type))
+        if counted is None:
+            counted = self.counted[msg.topic, event.type] = self.metrics.events.labels(
+                msg.topic, event.type
+            )
+        counted.inc()
         if updated.partition != msg.partition:
             updated = replace(updated, partition=msg.partition)
         new, findings = self.engine.observe(updated, data, now)
-        source = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-        # acknowledged before the state is written
-        await self._publish(findings, new, source, msg.partition, now)
+        if findings:  # acknowledged before the state is written
+            source = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+            await self._publish(findings, new, source, msg.partition, now)
         self.table[customer] = new.to_bytes()
         self._index(msg.partition, customer, new)
         # Other customers of this partition whose deadline this event's time has passed.
@@ -253,6 +260,9 @@ class Ingest:
     ) -> None:
         if not findings:
             return
+        # One after the other, each acknowledged before the next: they share the dispatch
+        # topic's one partition and this customer's key, and dispatch decides in their order
+        # (a retried send sent concurrently could land after a later record).
         for f in findings:
             context = context_of(state, f.exception_id)
             detected = datetime.now(UTC)
@@ -359,6 +369,12 @@ class _Buffered(MutableMapping[str, dict[str, Any]]):
         self.pending.clear()
 
 
+async def _in_order(key: bytes, sends: list[tuple[Output, bytes]]) -> None:
+    """Send records with one key, each acknowledged before the next."""
+    for sink, value in sends:
+        await sink.send(key, value)
+
+
 @dataclass
 class DispatchStep:
     """The single dispatch partition: exceptions and resolutions in, routed records out to the
@@ -428,13 +444,27 @@ class DispatchStep:
     async def _publish(self, out: list[Routed]) -> None:
         stamped = stamp([r for r in out if r.reason in ("escalation", "update", "reassigned")])
         routed = [r for r in out if r.reason in ("normal", "overflow")] + stamped
+        # Every record is sent at once and all are acknowledged before the caller writes the
+        # table. Records with the same topic and key (one customer's records on one topic, e.g.
+        # an escalation then the update closing it) go one after the other, each acknowledged
+        # before the next is sent, as before: a retried send never lands after a later one.
+        chains: dict[tuple[str | None, bytes], list[tuple[Output, bytes]]] = {}
         for r in routed:
             key = str(r.record["customer_id"]).encode()
             private = redact(r.record, self.config.handlers[r.handler].redact)
-            await self.handler_sink(self.config.handler_topic(r.handler)).send(
-                key, orjson.dumps(private)
+            topic = self.config.handler_topic(r.handler)
+            chains.setdefault((topic, key), []).append(
+                (self.handler_sink(topic), orjson.dumps(private))
             )
-            await self.log_sink.send(key, orjson.dumps(r.record))
+            chains.setdefault((None, key), []).append((self.log_sink, orjson.dumps(r.record)))
+        sent = await asyncio.gather(
+            *(_in_order(key, sends) for (_, key), sends in chains.items()),
+            return_exceptions=True,
+        )
+        for result in sent:  # raised only once every send has settled
+            if isinstance(result, BaseException):
+                raise result
+        for r in routed:
             if r.reason != "update":
                 self.metrics.routed.labels(r.handler, r.reason).inc()
             log.info(
