@@ -12,6 +12,7 @@ from pipeline.config import Config, Runtime
 from pipeline.durable import App
 from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
+from pipeline.topics import internal_name
 from pipeline.worker import TICK, DispatchStep, Ingest
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,12 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)
-    rekey_name = f"{p.app_id}-rekey"
+    rekey_name = internal_name(p.app_id, "rekey")
     rekey = app.topic(rekey_name, partitions=p.partitions, internal=True, **_RAW)
     # Clock ticks: same partition count as the sources, so Faust's assignor gives partition N
     # of every topic (and of the tables' changelogs) to the same worker.
     ticks = app.topic(
-        f"{p.app_id}-tick",
+        internal_name(p.app_id, "tick"),
         partitions=p.partitions,
         internal=True,
         retention=timedelta(hours=1),
@@ -68,7 +69,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     exceptions = app.topic(t.exceptions, **_RAW)
     resolutions = app.topic(t.resolutions, partitions=p.partitions, **_RAW)
     # Routing needs a global view of each handler's open count: one partition decides.
-    dispatch = app.topic(f"{p.app_id}-dispatch", partitions=1, internal=True, **_RAW)
+    dispatch = app.topic(internal_name(p.app_id, "dispatch"), partitions=1, internal=True, **_RAW)
     handler_topics = {
         config.handler_topic(h): TopicSink(app.topic(config.handler_topic(h), **_RAW))
         for h in config.handlers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -38,7 +39,36 @@ def wanted(config: Config) -> list[TopicSpec]:
     names += sorted({config.handler_topic(h) for h in config.handlers})
     specs = [TopicSpec(n, p.partitions, p.replication_factor, keep) for n in names]
     specs.append(TopicSpec(t.dlq, p.partitions, p.replication_factor, dlq))
-    return specs
+    return specs + internal(config)
+
+
+def internal_name(app_id: str, role: str) -> str:
+    """The worker's own topics: `rekey`, `tick`, `dispatch`, and `<table>-changelog` (Faust's
+    naming for the customers, clocks and dispatch tables)."""
+    return f"{app_id}-{role}"
+
+
+def internal(config: Config) -> list[TopicSpec]:
+    """The worker's own topics, created here rather than by the first worker: a worker that
+    creates a topic can join the group before the topic is in its metadata, and then nobody
+    consumes it until the next rebalance (seen with the one-partition dispatch topic)."""
+    p, t = config.pipeline, config.topics
+    n, rf = p.partitions, p.replication_factor
+    keep = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(t.retention.total_seconds() * 1000)),
+    }
+    ticks = {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}
+    compact = {"cleanup.policy": "compact"}
+    name = partial(internal_name, p.app_id)
+    return [
+        TopicSpec(name("rekey"), n, rf, keep),
+        TopicSpec(name("tick"), n, rf, ticks),
+        TopicSpec(name("dispatch"), 1, rf, keep),
+        TopicSpec(name("customers-changelog"), n, rf, compact),
+        TopicSpec(name("clocks-changelog"), n, rf, compact),
+        TopicSpec(name("dispatch-changelog"), 1, rf, compact),
+    ]
 
 
 async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:

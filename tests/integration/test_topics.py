@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import os
 import subprocess
 import sys
@@ -43,12 +44,15 @@ async def describe(bootstrap: str, names: list[str]) -> tuple[dict[str, int], di
 def test_topics_are_created_then_verified(config_file: Path, bootstrap: str, unique: str) -> None:
     first = topics(config_file, bootstrap)
     assert first.returncode == 0, first.stderr
-    # the contract's 5 topics and one per handler of the shipped config (7)
-    assert first.stdout.count("created") == 12
+    # the contract's 5 topics, one per handler of the shipped config (7), and the worker's own
+    # 6 (re-key, tick, dispatch, three table changelogs): none left for a worker to create
+    assert first.stdout.count("created") == 18
     assert f"{unique}.handler.logistics" in first.stdout
+    assert re.search(rf"^{unique}-dispatch +1 partitions +created$", first.stdout, re.M)
+    assert re.search(rf"^{unique}-customers-changelog +3 partitions +created$", first.stdout, re.M)
     second = topics(config_file, bootstrap)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count(" ok") == 12
+    assert second.stdout.count(" ok") == 18
 
     names = [
         f"{unique}.{n}"
