@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -223,8 +223,9 @@ async def publish(
 
 
 async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any]]:
+    """Every committed record of the handler topics: read up to each partition's end offset
+    (taken first), not until the topics look quiet, which a slow leader can fake."""
     consumer = AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -233,12 +234,24 @@ async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any
     await consumer.start()
     records: list[dict[str, Any]] = []
     try:
-        quiet = 0
-        while quiet < 3:
+        for topic in topics:
+            await consumer._client._wait_on_metadata(topic)
+        parts = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        deadline = time.monotonic() + 300
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise RuntimeError("could not read the handler topics to their end in 300 s")
             batch = await consumer.getmany(timeout_ms=1000)
-            got = [orjson.loads(m.value) for ms in batch.values() for m in ms]
-            records += got
-            quiet = 0 if got else quiet + 1
+            records += [orjson.loads(m.value) for ms in batch.values() for m in ms]
     finally:
         await consumer.stop()
     return records
@@ -316,6 +329,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="how long to publish over")
     parser.add_argument("--port", type=int, default=39692)
     parser.add_argument("--no-bounce", action="store_true", help="do not restart the broker")
+    parser.add_argument(
+        "--keep-broker", action="store_true", help="leave the broker(s) running at the end"
+    )
     parser.add_argument(
         "--cluster",
         action="store_true",
@@ -484,7 +500,10 @@ def main() -> int:
     finally:
         for slot in list(cluster.workers):
             cluster.stop(slot)
-        subprocess.run([str(KAFKA), "stop", "--purge"], env=cluster.env, capture_output=True)
+        if args.keep_broker:
+            log(f"broker left running for inspection: {cluster.bootstrap}")
+        else:
+            subprocess.run([str(KAFKA), "stop", "--purge"], env=cluster.env, capture_output=True)
         log(f"logs and data of this run: {folder}")
 
 
