@@ -79,8 +79,9 @@ bench-smoke: setup
 
 # The chaos harness (tests/chaos/run.py, docs/reliability.md): workers killed with SIGKILL,
 # scaled 1 -> 3 -> 1, the broker restarted; every handler record checked against the replay
-# oracle. It needs brokers it may stop, so it always starts its own (port 39692), whatever
-# KAFKA_BOOTSTRAP_SERVERS says. `chaos-short` (about 4 min) runs in `make test`; `chaos` is the
+# oracle. It needs brokers it may stop, so it always starts its own, whatever
+# KAFKA_BOOTSTRAP_SERVERS says, on port 19692: below the ephemeral range (32768-60999), so no
+# client socket can take the port while the broker is down. `chaos-short` (about 4 min) runs in `make test`; `chaos` is the
 # full run (200,000 events, 10,000 customers, 12 kills; about 15 min); CLUSTER=1 uses three
 # brokers and bounces one of them.
 .PHONY: chaos chaos-short

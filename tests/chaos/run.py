@@ -134,8 +134,15 @@ class Cluster:
         self.nodes = 1
 
     def broker(self, *action: str) -> None:
-        done = subprocess.run([str(KAFKA), *action], env=self.env, capture_output=True, text=True)
-        if done.returncode:
+        for attempt in range(3):  # a start can fail while the old process lets go of its port
+            done = subprocess.run(
+                [str(KAFKA), *action], env=self.env, capture_output=True, text=True
+            )
+            if not done.returncode:
+                break
+            log(f"local-kafka {' '.join(action)} failed (attempt {attempt + 1}): retrying")
+            time.sleep(5)
+        else:
             raise RuntimeError(f"local-kafka {action} failed:\n{done.stderr[-3000:]}")
         if action == ("start",):
             self.bootstrap = done.stdout.strip()
@@ -327,7 +334,7 @@ def main() -> int:
     parser.add_argument("--customers", type=int)
     parser.add_argument("--kills", type=int)
     parser.add_argument("--seconds", type=float, help="how long to publish over")
-    parser.add_argument("--port", type=int, default=39692)
+    parser.add_argument("--port", type=int, default=19692)
     parser.add_argument("--no-bounce", action="store_true", help="do not restart the broker")
     parser.add_argument(
         "--keep-broker", action="store_true", help="leave the broker(s) running at the end"
