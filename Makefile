@@ -81,9 +81,9 @@ bench-smoke: setup
 # scaled 1 -> 3 -> 1, the broker restarted; every handler record checked against the replay
 # oracle. It needs brokers it may stop, so it always starts its own, whatever
 # KAFKA_BOOTSTRAP_SERVERS says, on port 19692: below the ephemeral range (32768-60999), so no
-# client socket can take the port while the broker is down. `chaos-short` (about 4 min) runs in `make test`; `chaos` is the
-# full run (200,000 events, 10,000 customers, 12 kills; about 15 min); CLUSTER=1 uses three
-# brokers and bounces one of them.
+# client socket can take the port while the broker is down. `chaos-short` (about 4 min) runs in
+# `make test`; `chaos` is the full run (234,000 events, 10,000 customers, 12 kills; about 15 min);
+# CLUSTER=1 uses three brokers and bounces one of them.
 .PHONY: chaos chaos-short
 chaos: setup
 	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py $(if $(CLUSTER),--cluster)
