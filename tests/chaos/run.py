@@ -452,6 +452,8 @@ def main() -> int:
         topics = sorted({f"{run_id}.handler.{h}" for h in data["handlers"]})
         records = asyncio.run(read_handlers(cluster.bootstrap, topics))
         got = Counter((r["exception_id"], r["status"]) for r in records)
+        (folder / "oracle.jsonl").write_text(oracle_run.stdout)
+        (folder / "read.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
         lost = sorted(set(oracle) - set(got))
         spurious = sorted(set(got) - set(oracle))
         duplicates = sum(n - 1 for n in got.values() if n > 1)
