@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from tests.integration.workers import LOCAL_KAFKA, local_kafka
+
 pytestmark = pytest.mark.integration
 
-LOCAL_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "local-kafka"
 PORT = 39792  # node N listens on PORT + 10 * (N - 1), its controller one port up
 NODES = ",".join(f"127.0.0.1:{PORT + 10 * n}" for n in range(3))
 PARTITIONS = 6
@@ -37,15 +37,7 @@ class Cluster:
     env: dict[str, str]  # the environment local-kafka runs with
 
     def local_kafka(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(LOCAL_KAFKA), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"local-kafka {' '.join(args)}:\n{result.stderr}"
-        return result.stdout.strip()
+        return local_kafka(self.env, *args)
 
     async def local_kafka_async(self, *args: str, codes: tuple[int, ...] = (0,)) -> str:
         """local-kafka without blocking the event loop: the producer keeps sending meanwhile."""

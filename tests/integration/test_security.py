@@ -26,11 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.security import KafkaSecurity
-from tests.integration.workers import Worker, free_port, start_worker, wait_for
+from tests.integration.workers import Worker, free_port, local_kafka, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
-LOCAL_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "local-kafka"
 PORT = 39592
 MTLS_PORT = PORT + 2
 USERS = ("admin", "worker", "logistics", "vip")
@@ -75,15 +74,7 @@ class Broker:
         return env
 
     def local_kafka(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(LOCAL_KAFKA), *args],
-            env=self.control,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"local-kafka {' '.join(args)}:\n{result.stderr}"
-        return result.stdout.strip()
+        return local_kafka(self.control, *args)
 
     def allow(
         self, principal: str, operations: str, resource: str, name: str, prefixed: bool

@@ -100,3 +100,15 @@ def start_worker(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+LOCAL_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "local-kafka"
+
+
+def local_kafka(env: dict[str, str], *args: str) -> str:
+    """Run `deploy/kafka/local-kafka ARGS` with `env`; its stdout, or fail with its stderr."""
+    result = subprocess.run(
+        [str(LOCAL_KAFKA), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"local-kafka {' '.join(args)}:\n{result.stderr}"
+    return result.stdout.strip()
