@@ -34,7 +34,8 @@ test: setup prometheus
 	fi; \
 	$(BIN)/ruff check pipeline tests; \
 	$(BIN)/mypy; \
-	$(BIN)/pytest
+	$(BIN)/pytest; \
+	$(BIN)/python bench/run.py --smoke
 
 # prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed
 # only when missing. No recommends (no node exporter); the package's own service is not needed
