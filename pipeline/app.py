@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import faust
@@ -12,7 +11,7 @@ from pipeline.config import Config, Runtime
 from pipeline.durable import App
 from pipeline.metrics import Metrics
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
-from pipeline.topics import internal_name
+from pipeline.topics import TICK_RETENTION, internal_name
 from pipeline.worker import TICK, DispatchStep, Ingest
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         internal_name(p.app_id, "tick"),
         partitions=p.partitions,
         internal=True,
-        retention=timedelta(hours=1),
+        retention=TICK_RETENTION,
         **_RAW,
     )
     dlq = app.topic(t.dlq, **_RAW)

@@ -156,8 +156,8 @@ class Runtime(BaseModel):
     config_path: str | None = None
     metrics_port: int = 9464
     state_dir: str = "./casewatch-data"
-    # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster but lost
-    # state under kill -9 in the chaos harness (docs/reliability.md): opt in knowingly.
+    # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster after a
+    # clean stop; after an unclean one its tables are deleted and rebuilt (pipeline/durable.py).
     store: str = "memory://"
     # exactly_once: Faust's Kafka transactions (docs/reliability.md says what the chaos harness
     # found); at_least_once: duplicates are possible and removable by exception_id + status.

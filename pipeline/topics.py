@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from aiokafka import errors
@@ -42,6 +43,10 @@ def wanted(config: Config) -> list[TopicSpec]:
     return specs + internal(config)
 
 
+# Clock ticks are only read as they come: an hour of them is plenty for a restarting worker.
+TICK_RETENTION = timedelta(hours=1)
+
+
 def internal_name(app_id: str, role: str) -> str:
     """The worker's own topics: `rekey`, `tick`, `dispatch`, and `<table>-changelog` (Faust's
     naming for the customers, clocks and dispatch tables)."""
@@ -58,7 +63,10 @@ def internal(config: Config) -> list[TopicSpec]:
         "cleanup.policy": "delete",
         "retention.ms": str(int(t.retention.total_seconds() * 1000)),
     }
-    ticks = {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}
+    ticks = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(TICK_RETENTION.total_seconds() * 1000)),
+    }
     compact = {"cleanup.policy": "compact"}
     name = partial(internal_name, p.app_id)
     return [
