@@ -52,6 +52,8 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         producer_max_request_size=4 * 1024 * 1024,
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
+    # Offsets the broker did not send: counted and logged (pipeline/offsets.py).
+    app.on_offset_gap = lambda tp, first, last: metrics.offset_gaps.labels(tp.topic).inc()
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)
     rekey_name = internal_name(p.app_id, "rekey")
     rekey = app.topic(rekey_name, partitions=p.partitions, internal=True, **_RAW)

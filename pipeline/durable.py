@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +31,11 @@ from typing import Any, cast
 import faust
 from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage
-from faust.types.transports import ProducerT
+from faust.types.transports import ConsumerT, ProducerT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
+
+from pipeline.offsets import SafeConsumer, WatchedFlowControl
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,31 @@ class DurableBuffer(ProducerBuffer):
 
 
 class App(faust.App):
-    """faust.App whose producer uses DurableBuffer for table changelogs."""
+    """faust.App whose producer uses DurableBuffer for table changelogs, and whose consumer
+    never commits past an event no agent processed (pipeline/offsets.py)."""
+
+    # Called with (tp, first, last) for offsets the broker did not send (pipeline/offsets.py).
+    on_offset_gap: Callable[[Any, int, int], None] | None = None
+
+    def _new_consumer(self) -> ConsumerT:
+        return SafeConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.loop,
+        )
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        flow = WatchedFlowControl(loop=self.loop)
+        flow.on_cleared = self._queues_cleared
+        return flow
+
+    def _queues_cleared(self) -> None:
+        if self._consumer is not None:
+            cast(SafeConsumer, self._consumer).queues_cleared()
 
     def _new_producer(self) -> ProducerT:
         producer: Any = super()._new_producer()

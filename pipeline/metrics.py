@@ -23,6 +23,7 @@ class Metrics:
     duplicates: Counter
     rekeyed: Counter
     late_events: Counter
+    offset_gaps: Counter
     exceptions: Counter
     processing_latency: Histogram
     detection_latency: Histogram
@@ -70,6 +71,13 @@ class Metrics:
             late_events=Counter(
                 "casewatch_late_events_total",
                 "Events older than their partition's clock when they arrived (processed anyway).",
+                ["topic"],
+                registry=reg,
+            ),
+            offset_gaps=Counter(
+                "casewatch_offset_gaps_total",
+                "Runs of offsets the broker did not send (compaction, transaction markers), "
+                "committed without processing.",
                 ["topic"],
                 registry=reg,
             ),

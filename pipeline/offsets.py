@@ -1,0 +1,175 @@
+"""A committed offset never passes an event no agent processed.
+
+Faust marks offsets as done without processing them when it believes the broker skipped them:
+`Consumer._drain_messages` compares each fetched offset with the last one it read
+(`_read_offset`), and a jump of more than one is registered as a *gap* (compacted records,
+transaction markers) that later commits pass over. In faust-streaming 0.15.x two things make
+such jumps that are not gaps (found by the chaos harness, docs/reliability.md):
+
+- `perform_seek` (after every rebalance) resets `_read_offset` to the committed offset while
+  the fetch loop is still handing out records of a batch fetched before the seek; the next
+  record of that batch is then "ahead" of the committed offset and every offset in between is
+  registered as a gap (faust-streaming #216, robinhood/faust #559). The records of that batch
+  reach the agents' queues, which `FlowControlEvent.resume()` clears straight after the seek;
+  the broker's re-sent copies are dropped as already read. Bands of hundreds of events were
+  committed without being processed.
+- the fetch loop records a message as read even when a rebalance cancelled its delivery, and
+  messages delivered to an agent's queue are dropped when the queue is cleared.
+- a message of the previous generation that reaches an agent after a rebalance is skipped and
+  acknowledged all the same; that ack can let a later commit pass offsets nobody processed.
+
+`SafeConsumer` replaces the fetch loop: a record counts as read only if no seek and no queue
+clear happened while it was delivered; after either, the rest of the batch is dropped and the
+consumer seeks back to the committed offsets before fetching on, so every record not yet
+processed is fetched again (at-least-once: the copies are deduplicated by event id). A seek
+forgets the acks from before it. What is still registered as a gap is counted
+(`casewatch_offset_gaps_total`) and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import Consumer
+from faust.types import TP
+from mode import Service, ServiceT
+from mode.utils.queues import FlowControlEvent
+
+log = logging.getLogger(__name__)
+
+
+class SafeConsumer(Consumer):
+    """Faust's aiokafka consumer with a fetch loop that cannot skip records (module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bumped by every seek to the committed offsets and every clear of the agents'
+        # queues: a record delivered across a bump may not have reached an agent.
+        self.epoch = 0
+        # A clear dropped delivered records: seek back before fetching on.
+        self.reread = False
+        self.gaps = 0
+
+    def queues_cleared(self) -> None:
+        self.epoch += 1
+        self.reread = True
+
+    async def perform_seek(self) -> None:
+        self.epoch += 1
+        # Everything from the committed offsets on is read and acknowledged again. An ack left
+        # from before (e.g. of a message of the previous generation that an agent skipped
+        # without processing it) could otherwise let a commit pass an unprocessed offset.
+        self._acked.clear()
+        self._acked_index.clear()
+        self._gap.clear()
+        try:
+            await super().perform_seek()
+        finally:
+            self.epoch += 1  # whatever was delivered during the seek is stale too
+
+    async def _read_again(self) -> None:
+        """Back to the committed offsets (to the start where none is committed yet), so
+        every record not processed is fetched again."""
+        log.info("records fetched may not have reached the agents: reading from committed offsets")
+        await self.perform_seek()
+        fresh = [
+            tp
+            for tp in self.assignment()
+            if self._read_offset.get(tp) is None
+            and not self._is_changelog_tp(tp)
+            and self.app.topics.acks_enabled_for(tp.topic)
+        ]
+        if fresh:
+            await self._thread.seek_to_beginning(*fresh)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        self.gaps += 1
+        log.warning(
+            "offsets %d-%d of %s[%d] were not sent by the broker (compacted, or transaction "
+            "markers): committed without processing",
+            offset_from,
+            offset_to - 1,
+            tp.topic,
+            tp.partition,
+        )
+        hook: Callable[[TP, int, int], None] | None = getattr(self.app, "on_offset_gap", None)
+        if hook is not None:
+            hook(tp, offset_from, offset_to - 1)
+        await super()._add_gap(tp, offset_from, offset_to)
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
+        # faust.transport.consumer.Consumer._drain_messages (0.15.3), changed where marked.
+        callback = self.callback
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        read_offset = self._read_offset
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every, since_yield = 100, 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                # changed: records dropped by a queue clear are fetched again
+                if self.reread and self.flow_active:
+                    self.reread = False
+                    await self._read_again()
+                self.diag.set_flag(CONSUMER_FETCHING)
+                epoch = self.epoch  # changed
+                ait = self.getmany(timeout=1.0)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > yield_every:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    if self.epoch != epoch:  # changed: fetched before a seek or a clear
+                        self.reread = True
+                        break
+                    offset = message.offset
+                    r_offset = read_offset.get(tp)
+                    if r_offset is None or offset >= r_offset:
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        delivery = callback(message)
+                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                        # changed: a delivery cut by a rebalance, or made across a seek or a
+                        # clear, may not have reached its agent: not read
+                        if self.epoch != epoch or delivery not in waited.done:
+                            self.reread = True
+                            break
+                        read_offset[tp] = offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class WatchedFlowControl(FlowControlEvent):
+    """The app's flow control: tells the consumer when agent queues lose records."""
+
+    on_cleared: Callable[[], None] = staticmethod(lambda: None)
+
+    def clear(self) -> None:
+        if any(queue.qsize() for queue in self._queues):
+            self.on_cleared()
+        super().clear()
