@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer
+from faust.transport.drivers.aiokafka import Consumer, ensure_aiokafka_TPset
 from faust.types import TP
 from mode import Service, ServiceT
 from mode.utils.queues import FlowControlEvent
@@ -83,8 +83,8 @@ class SafeConsumer(Consumer):
             and not self._is_changelog_tp(tp)
             and self.app.topics.acks_enabled_for(tp.topic)
         ]
-        if fresh:
-            await self._thread.seek_to_beginning(*fresh)
+        if fresh:  # aiokafka's own TopicPartition, not Faust's TP
+            await self._thread.seek_to_beginning(*ensure_aiokafka_TPset(fresh))
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps += 1

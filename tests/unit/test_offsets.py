@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from mode import Service
@@ -191,3 +192,28 @@ def test_a_seek_forgets_acks_of_skipped_messages() -> None:
     faust_would_commit, ours = asyncio.run(scenario())
     assert faust_would_commit == 101  # offset 99 committed without being processed
     assert ours is None
+
+
+def test_reading_again_rewinds_partitions_without_a_committed_offset() -> None:
+    """Nothing committed yet (a new group): a re-read starts from the beginning."""
+    rewound: list[Any] = []
+
+    async def scenario() -> None:
+        c = consumer()
+
+        async def seek_to_committed() -> dict[TP, int | None]:
+            return {PART: None}
+
+        async def seek_to_beginning(*partitions: Any) -> None:
+            rewound.extend(partitions)
+
+        c.seek_to_committed = seek_to_committed
+        c.assignment = lambda: {PART}
+        c.app.topics.acks_enabled_for = lambda topic: True
+        c._thread.seek_to_beginning = seek_to_beginning
+        await c._read_again()
+        c._thread.thread_loop.close()
+
+    asyncio.run(scenario())
+    assert rewound == [TopicPartition(TOPIC, 0)]
+    assert isinstance(rewound[0], TopicPartition)  # aiokafka refuses Faust's TP
