@@ -114,8 +114,14 @@ class SafeConsumer(Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 # changed: records dropped by a queue clear are fetched again
                 if self.reread and self.flow_active:
-                    self.reread = False
-                    await self._read_again()
+                    self.reread = False  # (a clear during the seek sets it again)
+                    try:
+                        await self._read_again()
+                    except Exception as exc:  # e.g. a rebalance took the partitions meanwhile
+                        log.warning("seek to committed offsets failed (%r): trying again", exc)
+                        self.reread = True
+                        await self.sleep(1.0)
+                        continue  # nothing is fetched before it succeeds
                 self.diag.set_flag(CONSUMER_FETCHING)
                 epoch = self.epoch  # changed
                 ait = self.getmany(timeout=1.0)

@@ -217,3 +217,30 @@ def test_reading_again_rewinds_partitions_without_a_committed_offset() -> None:
     asyncio.run(scenario())
     assert rewound == [TopicPartition(TOPIC, 0)]
     assert isinstance(rewound[0], TopicPartition)  # aiokafka refuses Faust's TP
+
+
+def test_a_failed_seek_is_tried_again_before_fetching_on() -> None:
+    """A rebalance can take the partitions during the seek: the loop must neither crash nor
+    fetch on without it."""
+
+    async def scenario() -> list[int | str]:
+        c = consumer()
+
+        async def during(offset: int) -> None:
+            if offset == 103 and "seek" not in broker.delivered:
+                c.app.flow_control.on_cleared()
+
+        broker = Broker([list(range(100, 105)), list(range(100, 106))], during)
+        failures = [AssertionError("No partitions are currently assigned")]
+        real_read_again = c._read_again
+
+        async def read_again() -> None:
+            if failures:
+                raise failures.pop()
+            await real_read_again()
+
+        c._read_again = read_again
+        return await drain(c, broker, SafeConsumer._drain_messages)
+
+    delivered = asyncio.run(scenario())
+    assert after_seek(delivered) == list(range(100, 106))
