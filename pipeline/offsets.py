@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer, ensure_aiokafka_TPset
+from faust.transport.drivers.aiokafka import Consumer
 from faust.types import TP
 from mode import Service, ServiceT
 from mode.utils.queues import FlowControlEvent
@@ -76,15 +76,19 @@ class SafeConsumer(Consumer):
         every record not processed is fetched again."""
         log.info("records fetched may not have reached the agents: reading from committed offsets")
         await self.perform_seek()
+        # aiokafka's seek_to_committed leaves a partition with nothing (or 0) committed where
+        # it is: seek it to its first offset (a position, not a reset: Faust's livelock
+        # check asserts every assigned partition has one)
         fresh = [
             tp
             for tp in self.assignment()
-            if self._read_offset.get(tp) is None
+            if not self._read_offset.get(tp)
             and not self._is_changelog_tp(tp)
             and self.app.topics.acks_enabled_for(tp.topic)
         ]
-        if fresh:  # aiokafka's own TopicPartition, not Faust's TP
-            await self._thread.seek_to_beginning(*ensure_aiokafka_TPset(fresh))
+        if fresh:
+            earliest = await self.earliest_offsets(*fresh)
+            await self.seek_wait({tp: offset or 0 for tp, offset in earliest.items()})
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps += 1
