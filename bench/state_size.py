@@ -85,7 +85,7 @@ def heavy_sizes(cfg: Config) -> None:
     print("heavy customer events", len(lines), "state bytes", len(state))
     saved = orjson.loads(state)
     print({k: len(orjson.dumps(v)) for k, v in saved.items()})
-    print({k: len(orjson.dumps(v[1])) for k, v in saved["rules"].items()})
+    print({k: len(orjson.dumps(v[1])) for k, v in saved.get("rules", {}).items()})
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class Engine:
         rules = dict(fired.rules)
         for r in self.rules:
             step = r.detector.observe(self._state(rules, r), event, clock)
-            rules[r.name] = [r.version, step.state]
+            _keep(rules, r, step.state)
             findings.extend(step.findings)
         profile = fired.profile
         if event.get("type") == "customer.profile" and _newer(event, profile):
@@ -78,7 +78,7 @@ class Engine:
             if due is None or due > clock:
                 continue
             step = r.detector.fire(current, clock)
-            rules[r.name] = [r.version, step.state]
+            _keep(rules, r, step.state)
             findings.extend(step.findings)
         return with_findings(replace(state, rules=rules), findings), findings
 
@@ -262,3 +262,12 @@ def event_dict(event: Any) -> dict[str, Any]:
 def occurred(event: Mapping[str, Any]) -> float:
     """An event's time in seconds since the epoch."""
     return epoch(event["occurred_at"])
+
+
+def _keep(rules: dict[str, Any], r: _Compiled, state: Any) -> None:
+    """A rule's state goes in the customer's state unless it is the initial one, which reads
+    back the same when absent (about 35 bytes saved per idle rule and customer)."""
+    if state == r.detector.initial():
+        rules.pop(r.name, None)
+    else:
+        rules[r.name] = [r.version, state]

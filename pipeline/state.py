@@ -43,19 +43,18 @@ class CustomerState:
     open: Mapping[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        """Serialise for the table (JSON, with a version to migrate from)."""
-        return orjson.dumps(
-            {
-                "v": VERSION,
-                "seen": self.seen,
-                "rules": self.rules,
-                "profile": self.profile,
-                "p": self.partition,
-                "recent": self.recent,
-                "orders": self.orders,
-                "open": self.open,
-            }
-        )
+        """Serialise for the table (JSON, with a version to migrate from); empty parts are
+        left out (`from_bytes` reads them as empty)."""
+        parts = {
+            "seen": self.seen,
+            "rules": self.rules,
+            "profile": self.profile,
+            "p": self.partition,
+            "recent": self.recent,
+            "orders": self.orders,
+            "open": self.open,
+        }
+        return orjson.dumps({"v": VERSION, **{k: v for k, v in parts.items() if v or v == 0}})
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> CustomerState:

@@ -93,3 +93,31 @@ def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
         sizes.append(len(replay.states["heavy"]))
     assert max(sizes[60:]) <= 1.2 * max(sizes[30:60])  # flat after the first month
     assert sizes[-1] < 8 * 1024
+
+
+def test_rules_with_nothing_to_remember_take_no_room() -> None:
+    """A rule whose state is its initial one (nothing counted, nothing pending) is left out of
+    the customer's state, and reads back the same: detection is unchanged."""
+    from pipeline.config import load_config
+    from pipeline.engine import Engine
+
+    engine = Engine(load_config())
+    contact = {
+        "event_id": "e-1",
+        "type": "interaction.contact",
+        "customer_id": "c-1",
+        "occurred_at": "2026-12-01T10:00:00+00:00",
+        "channel": "call",
+        "category": "billing/refund",
+        "summary": "a question about the bill",
+    }
+    state, _ = engine.observe(CustomerState(), contact, 1764583200.0)
+    assert set(state.rules) == {"repeated_contact"}  # the others saw nothing to keep
+    full = {r.name: [r.version, r.detector.initial()] for r in engine.rules}
+    as_before = CustomerState(rules={**full, **state.rules})
+    second = {**contact, "event_id": "e-2", "occurred_at": "2026-12-01T11:00:00+00:00"}
+    ours = engine.observe(state, second, 1764586800.0)
+    before = engine.observe(as_before, second, 1764586800.0)
+    assert ours[1] == before[1]  # the same findings
+    assert ours[0].rules == before[0].rules  # a stored initial state reads the same as none
+    assert set(ours[0].rules) == {"repeated_contact"}
