@@ -52,7 +52,6 @@ class SafeConsumer(Consumer):
         self.epoch = 0
         # A clear dropped delivered records: seek back before fetching on.
         self.reread = False
-        self.gaps = 0
 
     def queues_cleared(self) -> None:
         self.epoch += 1
@@ -91,7 +90,6 @@ class SafeConsumer(Consumer):
             await self.seek_wait({tp: offset or 0 for tp, offset in earliest.items()})
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        self.gaps += 1
         log.warning(
             "offsets %d-%d of %s[%d] were not sent by the broker (compacted, or transaction "
             "markers): committed without processing",

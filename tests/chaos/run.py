@@ -35,12 +35,12 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import DEFAULT_CONFIG  # noqa: E402
+from tests.integration.workers import lag, lagging  # noqa: E402
 
 KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
 PY = sys.executable
@@ -228,33 +228,6 @@ async def publish(
     finally:
         await producer.stop()
         stop.set()
-
-
-async def lagging(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
-    """Messages not yet committed by `group`, per partition of `topics` that has any."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        await consumer._client.force_metadata_update()
-        parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-        ]
-        ends = await consumer.end_offsets(parts)
-        behind = {
-            f"{tp.topic}[{tp.partition}]": end - (committed[tp].offset if tp in committed else 0)
-            for tp, end in ends.items()
-        }
-        return {name: n for name, n in behind.items() if n}
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    return sum((await lagging(bootstrap, group, topics)).values())
 
 
 async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any]]:

@@ -9,11 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.models import DeadLetter
-from tests.integration.workers import run_worker, wait_for
+from tests.integration.workers import lag, run_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,30 +134,6 @@ async def read_all(bootstrap: str, topic: str, count: int, seconds: float = 60) 
     finally:
         await consumer.stop()
     return records
-
-
-async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-        ]
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = [
-                TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-            ]
-        ends = await consumer.end_offsets(parts)
-        return sum(
-            end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()
-        )
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 def test_bad_input_is_dead_lettered_and_valid_input_processed(

@@ -1,4 +1,5 @@
-"""Run `casewatch worker` as a real process, the way a user does, and read its metrics."""
+"""Run `casewatch worker` as a real process, the way a user does, and read its metrics and its
+group's lag."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -112,3 +115,30 @@ def local_kafka(env: dict[str, str], *args: str) -> str:
     )
     assert result.returncode == 0, f"local-kafka {' '.join(args)}:\n{result.stderr}"
     return result.stdout.strip()
+
+
+async def lagging(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    """Messages not yet committed by `group`, per partition of `topics` that has any."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        await consumer._client.force_metadata_update()
+        parts = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        ends = await consumer.end_offsets(parts)
+        behind = {
+            f"{tp.topic}[{tp.partition}]": end - (committed[tp].offset if tp in committed else 0)
+            for tp, end in ends.items()
+        }
+        return {name: n for name, n in behind.items() if n}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    return sum((await lagging(bootstrap, group, topics)).values())
