@@ -4,8 +4,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := deploy/kafka/local-kafka
-# Tests use their own broker port so they never touch a broker `make run` left running.
-TEST_KAFKA_PORT ?= 39092
+# Tests use a broker of their own, on a free port below the ephemeral range (tests/ports.py), so
+# they never touch a broker `make run` left running, nor another test run's.
+TEST_KAFKA_PORT ?=
 
 .PHONY: setup run test unit lint schemas kafka-stop clean
 
@@ -29,7 +30,7 @@ run: setup
 test: setup prometheus
 	@set -e; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
-	  export CASEWATCH_KAFKA_PORT=$(TEST_KAFKA_PORT); \
+	  port=$(TEST_KAFKA_PORT); export CASEWATCH_KAFKA_PORT=$${port:-$$($(BIN)/python tests/ports.py 0 1)}; \
 	  trap 'env -u KAFKA_BOOTSTRAP_SERVERS $(KAFKA) stop --purge' EXIT; \
 	  export KAFKA_BOOTSTRAP_SERVERS=$$($(KAFKA) start); \
 	fi; \
@@ -69,7 +70,7 @@ clean:
 
 # The benchmark (bench/run.py, docs/performance.md): small by default, `make bench FULL=1` for
 # the full run (100,000 customers), `make bench FULL=1 SOAK=10` adds a 10-minute memory soak.
-# Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on port 39192.
+# Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on a free port.
 .PHONY: bench bench-smoke
 bench: setup
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(if $(SOAK),--soak $(SOAK))
@@ -82,8 +83,8 @@ bench-smoke: setup
 # The chaos harness (tests/chaos/run.py, docs/reliability.md): workers killed with SIGKILL,
 # scaled 1 -> 3 -> 1, the broker restarted; every handler record checked against the replay
 # oracle. It needs brokers it may stop, so it always starts its own, whatever
-# KAFKA_BOOTSTRAP_SERVERS says, on port 19692: below the ephemeral range (32768-60999), so no
-# client socket can take the port while the broker is down. `chaos-short` takes about 4 min and
+# KAFKA_BOOTSTRAP_SERVERS says, on a free port below the ephemeral range (32768-60999), so no
+# client socket can take the port while the broker is down (tests/ports.py). `chaos-short` takes about 4 min and
 # is part of `make test`; it fails when anything is lost or spurious, or when the group has not
 # caught up 5 min after the input ended. `chaos` is the full run (234,000 events, 10,000
 # customers, 12 kills; about 11 min); CLUSTER=1 uses three brokers and bounces one of them.

@@ -5,7 +5,7 @@
     .venv/bin/python bench/run.py --full [--soak 10] [--profile]
 
 The broker: KAFKA_BOOTSTRAP_SERVERS; without it the local broker (deploy/kafka/local-kafka) is
-started on CASEWATCH_KAFKA_PORT (default 39192) and stopped, its data removed, at the end.
+started on CASEWATCH_KAFKA_PORT (default: a free port, tests/ports.py) and stopped, its data removed, at the end.
 Every run has its own topics and group ids (`bench<time><hex>.*`), deleted at the end.
 
 Phases (docs/performance.md says what each figure means):
@@ -56,6 +56,7 @@ from bench.procs import (
     wait_for,
     write_config,
 )
+from tests.ports import free_base
 
 RESULTS = REPO / "bench" / "results"
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
@@ -85,7 +86,10 @@ def broker() -> Iterator[str]:
     if given:
         yield given
         return
-    env = {**os.environ, "CASEWATCH_KAFKA_PORT": os.environ.get("CASEWATCH_KAFKA_PORT", "39192")}
+    env = {
+        **os.environ,
+        "CASEWATCH_KAFKA_PORT": os.environ.get("CASEWATCH_KAFKA_PORT") or str(free_base(0, 1)),
+    }
     running = subprocess.run([LOCAL_KAFKA, "status"], env=env, capture_output=True).returncode == 0
     started = subprocess.run(
         [LOCAL_KAFKA, "start"], env=env, capture_output=True, text=True, timeout=300

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import DEFAULT_CONFIG  # noqa: E402
 from tests.integration.workers import lag, lagging  # noqa: E402
+from tests.ports import free_base  # noqa: E402
 
 KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
 PY = sys.executable
@@ -335,7 +336,9 @@ def main() -> int:
     parser.add_argument("--customers", type=int)
     parser.add_argument("--kills", type=int)
     parser.add_argument("--seconds", type=float, help="how long to publish over")
-    parser.add_argument("--port", type=int, default=19692)
+    parser.add_argument(
+        "--port", type=int, help="the broker's port (default: a free one, tests/ports.py)"
+    )
     parser.add_argument("--no-bounce", action="store_true", help="do not restart the broker")
     parser.add_argument(
         "--keep-broker", action="store_true", help="leave the broker(s) running at the end"
@@ -380,7 +383,7 @@ def main() -> int:
         f"{len(events)} events, {customers} customers, {kills} kills, publishing over {seconds:.0f}s"
     )
 
-    cluster = Cluster(folder, args.port, config)
+    cluster = Cluster(folder, args.port or free_base(0, 1, 10, 11, 20, 21), config)
     cluster.store = args.store
     if args.cluster:
         cluster.nodes = 3

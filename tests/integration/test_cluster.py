@@ -1,6 +1,6 @@
 """A three-broker cluster loses nothing when a broker is bounced mid-stream. This module starts
-and stops its own cluster (deploy/kafka/local-kafka with CASEWATCH_KAFKA_NODES=3) on ports
-39792, 39802 and 39812, its data under pytest's tmp path, whatever KAFKA_BOOTSTRAP_SERVERS says:
+and stops its own cluster (deploy/kafka/local-kafka with CASEWATCH_KAFKA_NODES=3) on free
+ports below the ephemeral range (tests/ports.py), its data under pytest's tmp path, whatever KAFKA_BOOTSTRAP_SERVERS says:
 the shared broker is a single node. About 55 seconds, most of it starting and stopping Kafka."""
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.workers import LOCAL_KAFKA, local_kafka
+from tests.ports import free_base
 
 pytestmark = pytest.mark.integration
 
-PORT = 39792  # node N listens on PORT + 10 * (N - 1), its controller one port up
-NODES = ",".join(f"127.0.0.1:{PORT + 10 * n}" for n in range(3))
 PARTITIONS = 6
 COUNT = 2000
 BOUNCED = 2  # the node stopped and started again while the producer runs
@@ -61,7 +60,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CASEWATCH_KAFKA_"))
     } | {
         "CASEWATCH_KAFKA_NODES": "3",
-        "CASEWATCH_KAFKA_PORT": str(PORT),
+        # node N listens on PORT + 10 * (N - 1), its controller one port up
+        "CASEWATCH_KAFKA_PORT": str(free_base(0, 1, 10, 11, 20, 21)),
         "CASEWATCH_KAFKA_DIR": str(tmp_path_factory.mktemp("cluster") / "run"),
     }
     found = Cluster("", env)
@@ -169,7 +169,8 @@ async def read_back(bootstrap: str, topic: str) -> list[tuple[bytes | None, byte
 
 
 def test_topic_has_three_replicas_and_min_insync_two(cluster: Cluster, topic: str) -> None:
-    assert cluster.bootstrap == NODES
+    port = int(cluster.env["CASEWATCH_KAFKA_PORT"])
+    assert cluster.bootstrap == ",".join(f"127.0.0.1:{port + 10 * n}" for n in range(3))
     partitions, configs = asyncio.run(describe(cluster.bootstrap, topic))
     assert len(partitions) == PARTITIONS
     for partition in partitions:

@@ -1,7 +1,7 @@
 """Casewatch against a secured broker, as an operator runs it: SASL_SSL with SCRAM-SHA-512,
 mTLS, StandardAuthorizer with allow.everyone.if.no.acl.found=false, and ACLs that give each
 handler its own topic only. This module starts and stops its own secure broker
-(deploy/kafka/local-kafka with CASEWATCH_KAFKA_SECURE=1) on port 39592, whatever
+(deploy/kafka/local-kafka with CASEWATCH_KAFKA_SECURE=1) on free ports (tests/ports.py), whatever
 KAFKA_BOOTSTRAP_SERVERS says: the shared plain broker cannot enforce anything."""
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.security import KafkaSecurity
 from tests.integration.workers import Worker, free_port, local_kafka, start_worker, wait_for
+from tests.ports import free_base
 
 pytestmark = pytest.mark.integration
 
-PORT = 39592
-MTLS_PORT = PORT + 2
 USERS = ("admin", "worker", "logistics", "vip")
 FAST = 15.0  # seconds a refused sign-in may take, end to end, process start included
 
@@ -95,12 +94,13 @@ def clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Broker]:
     passwords = {user: f"pw-{user}-{secrets.token_hex(8)}" for user in USERS}
+    port = free_base(0, 1, 2)  # SASL_SSL, the controller, mTLS
     control = clean_env() | {
-        "CASEWATCH_KAFKA_PORT": str(PORT),
+        "CASEWATCH_KAFKA_PORT": str(port),
         "CASEWATCH_KAFKA_SECURE": "1",
         "CASEWATCH_KAFKA_USERS": " ".join(f"{u}:{p}" for u, p in passwords.items()),
     }
-    found = Broker("", f"127.0.0.1:{MTLS_PORT}", "", passwords, control)
+    found = Broker("", f"127.0.0.1:{port + 2}", "", passwords, control)
     found.local_kafka("stop", "--purge")  # users are written at format time: a clean slate
     try:
         found.bootstrap = found.local_kafka("start")
