@@ -338,13 +338,23 @@ class Bench:
 
         samples, _ = phases.soak(w, self.bootstrap, topics, rate, self.args.soak, make, already)
         verdict = phases.rss_flat(samples)
+        # How much of the growth is the customers' states themselves (they grow with each
+        # event until their bounds): the table's bytes before and after, from the changelog.
+        before, after = self.r["state"], asdict(phases.state_size(self.bootstrap, self.uid))
+        state_mb = [s["mean"] * s["customers"] / 2**20 for s in (before, after)]
         self.r["soak"] = {
             "minutes": self.args.soak,
             "rate": rate,
             **verdict,
+            "state_mb_before": round(state_mb[0], 1),
+            "state_mb_after": round(state_mb[1], 1),
+            "state_after": after,
             "samples": [(round(t), round(mb, 1), int(n)) for t, mb, n in samples],
         }
-        self.say(f"soak: {verdict}")
+        self.say(
+            f"soak: {verdict}; the states' bytes {state_mb[0]:.0f} -> {state_mb[1]:.0f} MiB "
+            f"({before['mean']:.0f} -> {after['mean']:.0f} B/customer)"
+        )
 
     def scale_out(self, backlog: list[workload.Msg]) -> None:
         """Two workers, settled in one group (each owns partitions), then the same backlog
