@@ -44,7 +44,7 @@ from pipeline.models import DeadLetter, Resolution, SourcePosition
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.routers.tree import redact
 from pipeline.sinks.kafka import DeadLetterSink
-from pipeline.state import CustomerState
+from pipeline.state import CustomerState, kept_json
 
 TICK = 0.25  # seconds between clock ticks per partition
 REPORT = 1.0  # a partition's clock goes to dispatch when it moved this much (event time)
@@ -216,9 +216,7 @@ class Ingest:
                         await self.dispatch.send(
                             None, orjson.dumps({"clock": {"p": partition, "t": now}})
                         )
-                        self.clocks_table[str(partition)] = orjson.dumps(
-                            {"mark": now, "wall": wall}
-                        )
+                        self.clocks_table[str(partition)] = kept_json({"mark": now, "wall": wall})
                         self.reported[partition] = now
         except Exception:
             log.exception("internal error on the clock tick of partition %d", partition)
@@ -365,7 +363,7 @@ class _Buffered(MutableMapping[str, dict[str, Any]]):
                 if self.table.get(key.encode()) is not None:
                     del self.table[key.encode()]
             else:
-                self.table[key.encode()] = orjson.dumps(value)
+                self.table[key.encode()] = kept_json(value)
         self.pending.clear()
 
 

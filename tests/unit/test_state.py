@@ -38,6 +38,42 @@ def test_at_most_max_ids_are_kept_newest_first() -> None:
     assert state.remember("e-0", 0.0, WEEK, 4) is not None  # forgotten: past the bound
 
 
+def test_a_state_stored_by_the_previous_version_is_read_and_its_ids_still_recognised() -> None:
+    """Version 2 kept the digests as hex with float times: a worker upgraded in place reads
+    its changelog and still knows the events it has seen."""
+    import hashlib
+
+    import orjson
+
+    old = orjson.dumps(
+        {
+            "v": 2,
+            "seen": [[hashlib.blake2b(b"e-1", digest_size=8).hexdigest(), 1764745200.25]],
+            "p": 3,
+        }
+    )
+    state = CustomerState.from_bytes(old)
+    assert state.partition == 3
+    assert state.remember("e-1", 1764745300.0, WEEK, 256) is None
+    again = CustomerState.from_bytes(state.to_bytes())
+    assert again == state
+    assert again.seen[0][1] == 1764745200.25  # times exactly as they were
+
+
+def test_each_remembered_id_costs_22_bytes_stored() -> None:
+    """The part of the state that grows with every event: 8-byte digest and time, packed."""
+    one = CustomerState().remember("e-0", 1764745200.5, WEEK, 256)
+    state = one
+    for i in range(1, 101):
+        assert state is not None
+        state = state.remember(f"event-{i:040d}", 1764745200.5 + i, WEEK, 256)
+    assert one is not None
+    assert state is not None
+    per_id = (len(state.to_bytes()) - len(one.to_bytes())) / 100
+    assert 21 <= per_id <= 22
+    assert CustomerState.from_bytes(state.to_bytes()) == state
+
+
 def test_empty_table_value_is_a_new_customer() -> None:
     assert CustomerState.from_bytes(None) == CustomerState()
     assert len(CustomerState().remember("e", 0.0, WEEK, 4).to_bytes()) < 150  # type: ignore[union-attr]
@@ -121,3 +157,20 @@ def test_rules_with_nothing_to_remember_take_no_room() -> None:
     assert ours[1] == before[1]  # the same findings
     assert ours[0].rules == before[0].rules  # a stored initial state reads the same as none
     assert set(ours[0].rules) == {"repeated_contact"}
+
+
+def test_a_stored_state_takes_little_more_memory_than_its_length() -> None:
+    """The memory store keeps every customer's state bytes: orjson's own output buffers are
+    4-16 times the JSON (4 KiB at least), which made the worker's memory grow with the states."""
+    import tracemalloc
+
+    state = CustomerState(profile={"name": "x" * 900}, partition=1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [state.to_bytes() for _ in range(2000)]
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    length = sum(len(value) for value in kept)
+    assert used < 1.2 * length + 2000 * 64  # the bytes, their headers, the list
