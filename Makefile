@@ -73,6 +73,7 @@ clean:
 # Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on a free port.
 .PHONY: bench bench-smoke
 bench: setup
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(if $(SOAK),--soak $(SOAK))
 
 # Every phase of the benchmark on a few thousand events, in under a minute: what CI runs so that
