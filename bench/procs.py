@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import DEFAULT_CONFIG
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONSUMED = ("casewatch_events_total", "casewatch_duplicate_events_total")
@@ -52,12 +52,6 @@ def create_topics(config: Path, bootstrap: str) -> None:
     )
     if done.returncode:
         raise BenchError(f"casewatch topics failed:\n{done.stdout}{done.stderr}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

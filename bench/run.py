@@ -5,7 +5,8 @@
     .venv/bin/python bench/run.py --full [--soak 10] [--profile]
 
 The broker: KAFKA_BOOTSTRAP_SERVERS; without it the local broker (deploy/kafka/local-kafka) is
-started on CASEWATCH_KAFKA_PORT (default: a free port, tests/ports.py) and stopped, its data removed, at the end.
+started on CASEWATCH_KAFKA_PORT (default: a free port, tests/ports.py) and stopped, its data
+removed, at the end.
 Every run has its own topics and group ids (`bench<time><hex>.*`), deleted at the end.
 
 Phases (docs/performance.md says what each figure means):

@@ -26,6 +26,13 @@ def _free(port: int) -> bool:
     return True
 
 
+def free_port() -> int:
+    """Any free port the kernel gives (for a metrics or HTTP server of a test's own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_base(*offsets: int) -> int:
     """A port B such that B + each of `offsets` can be listened on now (default: just B)."""
     offsets = offsets or (0,)

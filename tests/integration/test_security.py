@@ -1,8 +1,8 @@
 """Casewatch against a secured broker, as an operator runs it: SASL_SSL with SCRAM-SHA-512,
 mTLS, StandardAuthorizer with allow.everyone.if.no.acl.found=false, and ACLs that give each
 handler its own topic only. This module starts and stops its own secure broker
-(deploy/kafka/local-kafka with CASEWATCH_KAFKA_SECURE=1) on free ports (tests/ports.py), whatever
-KAFKA_BOOTSTRAP_SERVERS says: the shared plain broker cannot enforce anything."""
+(deploy/kafka/local-kafka with CASEWATCH_KAFKA_SECURE=1) on free ports (tests/ports.py),
+whatever KAFKA_BOOTSTRAP_SERVERS says: the shared plain broker cannot enforce anything."""
 
 from __future__ import annotations
 
