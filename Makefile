@@ -71,10 +71,18 @@ clean:
 # The benchmark (bench/run.py, docs/performance.md): small by default, `make bench FULL=1` for
 # the full run (100,000 customers), `make bench FULL=1 SOAK=10` adds a 10-minute memory soak.
 # Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on a free port.
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bench-floor bench-soak
 bench: setup
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(if $(SOAK),--soak $(SOAK))
+
+# What Faust itself costs per message, against the plain client and the worker (bench/floor.py).
+bench-floor: setup
+	$(BIN)/python bench/floor.py --rounds 3
+
+# Memory at equilibrium: windows compressed like the load, 6 min warm-up, 10 min measured.
+bench-soak: setup
+	$(BIN)/python bench/soak.py
 
 # Every phase of the benchmark on a few thousand events, in under a minute: what CI runs so that
 # the benchmark keeps working (not a timed test: it fails only when a phase fails).
