@@ -26,7 +26,8 @@ run: setup
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started; then the benchmark's smoke
-# run and the short chaos run (about 4 min, on a broker of its own: docs/reliability.md).
+# runs (bench/run.py, floor.py, soak.py: about 3 min) and the short chaos run (about 4 min, on a
+# broker of its own: docs/reliability.md).
 test: setup prometheus
 	@set -e; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
@@ -38,6 +39,8 @@ test: setup prometheus
 	$(BIN)/mypy; \
 	$(BIN)/pytest; \
 	$(BIN)/python bench/run.py --smoke; \
+	$(BIN)/python bench/floor.py --smoke; \
+	$(BIN)/python bench/soak.py --smoke --out /tmp/casewatch-soak-smoke.json; \
 	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short
 
 # prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed

@@ -1,6 +1,7 @@
 """What Faust itself costs per message: the engine's floor, on the benchmark's own data.
 
     .venv/bin/python bench/floor.py [--events 60000] [--customers 20000] [--rounds 1]
+    .venv/bin/python bench/floor.py --smoke     # CI: every kind of variant once, seconds
 
 Publishes the small workload (bench/workload.py) to fresh topics, then runs, each in its own
 process and consumer group, Faust apps that do less and less of Casewatch's work:
@@ -232,7 +233,15 @@ def main() -> int:
     p.add_argument(
         "--child", nargs=5, metavar=("VARIANT", "BOOTSTRAP", "PREFIX", "TOTAL", "RESULT")
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="what CI runs: 3,000 events, the ceiling, faust-noop, faust-table and the worker once",
+    )
     args = p.parse_args()
+    if args.smoke:
+        args.events, args.customers, args.rounds = 3_000, 1_000, 1
+        args.only = ["ceiling", "faust-noop", "faust-table", "worker"]
     if args.child:
         variant, bootstrap, prefix, total, result = args.child
         with tempfile.TemporaryDirectory(prefix="casewatch-floor-") as folder:

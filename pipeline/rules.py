@@ -57,6 +57,9 @@ def _conditions(alternatives: list[Alternative]) -> list[list[Matcher]]:
     return [[parse_condition(c) for c in ([a] if isinstance(a, str) else a)] for a in alternatives]
 
 
+FORGET_AFTER = timedelta(days=30)
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -104,7 +107,18 @@ class AbsenceRule(_Rule):
     deadline_field: str | None = None
     grace: Duration = timedelta(0)
     delay: Duration
+    # How long a key is remembered once closed, or once fired and never closed (a parcel lost
+    # for good): a late start cannot re-arm it meanwhile; then it is dropped.
+    forget_after: Duration = FORGET_AFTER
     _v = field_validator("start", "expect", "cancel")(_check)
+
+    def version(self) -> str:
+        # `forget_after` came later (2026-12-03): at its default it is left out of the hash, so
+        # a rule written before keeps its version and its customers' pending deadlines.
+        if self.forget_after != FORGET_AFTER:
+            return super().version()
+        dumped = self.model_dump_json(exclude={"forget_after"})
+        return hashlib.sha256(dumped.encode()).hexdigest()[:12]
 
 
 Rule: TypeAlias = Annotated[MatchRule | ThresholdRule | AbsenceRule, Field(discriminator="kind")]
@@ -134,6 +148,7 @@ def _absence(name: str, r: Any) -> AbsenceDetector:
         grace=r.grace.total_seconds(),
         delay=r.delay.total_seconds(),
         deadline_field=r.deadline_field,
+        keep_closed=r.forget_after.total_seconds(),
     )
 
 

@@ -8,8 +8,9 @@ that, the same exception is found again as `resolved`. A closing event later tha
 that arrives before the clock fired it yields both records at once (it was missing at the
 deadline), so the outcome depends on event time only, not on when the clock moved.
 
-Bound: one entry per correlation key; closed keys are kept `keep_closed` (30 days) of event time
-after closing, so a late start cannot re-arm them, then dropped.
+Bound: one entry per correlation key; closed keys are kept `keep_closed` (the rule's
+`forget_after`, 30 days by default) of event time after closing, so a late start cannot re-arm
+them, then dropped; so are keys that fired and never closed, that long after their deadline.
 """
 
 from __future__ import annotations
@@ -75,12 +76,13 @@ class AbsenceDetector:
             if entry["f"]:
                 findings += (self._finding(k, entry, "resolved", t, event["event_id"]),)
             entry = {"c": entry["c"], "x": t}
-        pruned = {
-            key: v
-            for key, v in state.items()
-            if v.get("x") is None or v["x"] > t - self.keep_closed
-        }
+        pruned = {key: v for key, v in state.items() if not self._forgotten(v, t)}
         return Step({**pruned, k: entry}, findings)
+
+    def _forgotten(self, v: Mapping[str, Any], t: float) -> bool:
+        if v.get("x") is not None:  # closed
+            return bool(v["x"] <= t - self.keep_closed)
+        return bool(v["f"] and v["d"] is not None and v["d"] <= t - self.keep_closed)
 
     def fire(self, state: State, now: Instant) -> Step[State]:
         due = [

@@ -32,7 +32,6 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.routers.tree import Route, routing_view
 
-KEEP_CLOSED = 7 * 86400.0  # closed exceptions are remembered this long (duplicates stay ignored)
 MAX_CHAIN = 10  # overflow/escalation hops at most
 
 
@@ -62,6 +61,9 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self.tree: Route = self.config.router()
+        # Closed exceptions are remembered as long as event ids are (pipeline.dedupe_window), so
+        # a late duplicate of their records is still ignored; then they are forgotten.
+        self.keep_closed = self.config.pipeline.dedupe_window.total_seconds()
         for name in self.config.handlers:
             self.open.setdefault(name, set())
 
@@ -157,7 +159,7 @@ class Dispatcher:
             if (
                 entry is not None
                 and entry.get("closed") is not None
-                and (entry["closed"] + KEEP_CLOSED == expires)
+                and (entry["closed"] + self.keep_closed == expires)
             ):
                 del self.store[exception_id]
                 self.entries -= 1
@@ -266,7 +268,7 @@ class Dispatcher:
         self.since.pop(exception_id, None)
         closed = {**entry, "record": {}, "closed": now, "deadline": None}
         self.store[exception_id] = closed
-        heapq.heappush(self._expiry, (now + KEEP_CLOSED, exception_id))
+        heapq.heappush(self._expiry, (now + self.keep_closed, exception_id))
         return [
             Routed(h, self._with_route(record, h, entry["path"], reason), "update")
             for h in entry["holders"]
@@ -286,7 +288,7 @@ class Dispatcher:
 
     def _index(self, exception_id: str, entry: dict[str, Any]) -> None:
         if entry.get("closed") is not None:
-            heapq.heappush(self._expiry, (entry["closed"] + KEEP_CLOSED, exception_id))
+            heapq.heappush(self._expiry, (entry["closed"] + self.keep_closed, exception_id))
             return
         for h in entry["holders"]:
             if h in self.config.handlers:

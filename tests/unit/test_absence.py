@@ -111,3 +111,20 @@ def test_next_deadline_is_the_earliest_armed_one() -> None:
     state = MISSING.observe(MISSING.initial(), SHIPPED, 0.0).state
     assert MISSING.next_deadline(state) == at(82).timestamp()
     assert MISSING.next_deadline(MISSING.fire(state, at(82).timestamp()).state) is None
+
+
+def test_a_key_that_fired_and_never_closed_is_forgotten_after_forget_after() -> None:
+    """A parcel lost for good: its entry goes once `keep_closed` (the rule's forget_after) has
+    passed since its deadline, so lost orders do not pile up in the customer's state."""
+    state = MISSING.initial()
+    for e in (PLACED, SHIPPED):
+        state = MISSING.observe(state, e, e["occurred_at"].timestamp()).state
+    state = MISSING.fire(state, at(52).timestamp()).state
+    assert state["o-1"]["f"]
+    later = 52 + MISSING.keep_closed / H
+    other = {**ev(3, "order.placed", later - 1), "order_id": "o-2"}
+    kept = MISSING.observe(state, other, other["occurred_at"].timestamp()).state
+    assert set(kept) == {"o-1", "o-2"}  # a second short of forget_after: still there
+    other = {**ev(4, "order.placed", later), "order_id": "o-3"}
+    gone = MISSING.observe(kept, other, other["occurred_at"].timestamp()).state
+    assert set(gone) == {"o-2", "o-3"}

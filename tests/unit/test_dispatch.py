@@ -155,6 +155,21 @@ def test_closed_exceptions_are_forgotten_after_a_week(config: Config) -> None:
     assert "x1" not in store
 
 
+def test_closed_exceptions_are_kept_as_long_as_the_dedupe_window(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("pipeline: {dedupe_window: 2h}\n" + CONFIG)
+    store: dict[str, Any] = {}
+    d = Dispatcher(load_config(file), store)
+    d.on_exception(record(1), 0.0)
+    d.on_exception(record(1, status="resolved"), 1.0)
+    d.fire(1.0 + 2 * H - 1)
+    assert "x1" in store
+    assert d.on_exception(record(1, status="resolved"), 2.0) == []  # a duplicate: ignored
+    d.fire(1.0 + 2 * H)
+    assert "x1" not in store
+    assert d.entries == 0
+
+
 def test_a_resolution_after_the_sla_deadline_escalates_first_whatever_the_clock(
     config: Config,
 ) -> None:

@@ -81,3 +81,26 @@ def test_condition_syntax() -> None:
     assert parse_condition('category =~ "internet/.*"').op == "=~"
     with pytest.raises(ValueError, match="regular expression is invalid"):
         parse_condition("x =~ (")
+
+
+def test_forget_after_at_its_default_keeps_the_rule_version(tmp_path: Path) -> None:
+    """Rules written before `forget_after` existed keep their version (and so their customers'
+    pending deadlines) across the upgrade; setting it changes the version and the detector."""
+    rule = """
+rules:
+  missing_delivery:
+    kind: absence
+    key: order_id
+    start: ["type = order.shipped"]
+    expect: ["type = order.delivered"]
+    delay: 72h
+"""
+    plain, default, short = (tmp_path / n for n in ("a.yaml", "b.yaml", "c.yaml"))
+    plain.write_text(rule)
+    default.write_text(rule + "    forget_after: 30d\n")
+    short.write_text(rule + "    forget_after: 10d\n")
+    rules = [load_config(f).rules["missing_delivery"] for f in (plain, default, short)]
+    # the version of this rule before forget_after existed (its hash then)
+    assert rules[0].version() == rules[1].version() == "2fd17fbeaa45"
+    assert rules[2].version() != rules[0].version()
+    assert build("missing_delivery", rules[2]).keep_closed == 10 * 86400
