@@ -83,7 +83,7 @@ bench: setup
 bench-floor: setup
 	$(BIN)/python bench/floor.py --rounds 3
 
-# Memory at equilibrium: windows compressed like the load, 6 min warm-up, 10 min measured.
+# Memory at equilibrium: windows compressed like the load, 15 min warm-up, 10 min measured.
 bench-soak: setup
 	$(BIN)/python bench/soak.py
 
