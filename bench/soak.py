@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import loader, phases, workload
 from bench.procs import BenchError, Worker, create_topics, stop, up, write_config
 from pipeline.durations import parse_duration
+from pipeline.rules import FORGET_AFTER
 
 COMPRESSION = 86400 / 30  # the paced load's model day in 30 s
 DURATIONS = {
@@ -78,7 +79,7 @@ def compress_config(path: Path) -> dict[str, str]:
         for item, spec in data[section].items():
             for name in DURATIONS[section]:
                 if name in spec or (name == "forget_after" and spec["kind"] == "absence"):
-                    old = spec.get(name, "30d")  # forget_after's default
+                    old = spec.get(name, FORGET_AFTER)  # forget_after's default when absent
                     spec[name] = compressed(parse_duration(old).total_seconds())
                     changed[f"{section}.{item}.{name}"] = f"{old} -> {spec[name]}"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
