@@ -94,7 +94,14 @@ async def describe(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], di
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        (found,) = await admin.describe_topics([topic])
+        # A broker may answer before the new topic's metadata reached it (seen once in CI:
+        # no partitions): ask again, as clients do, for up to 30 s.
+        async with asyncio.timeout(30):
+            while True:
+                (found,) = await admin.describe_topics([topic])
+                if found["partitions"]:
+                    break
+                await asyncio.sleep(0.5)
         (response,) = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic)]
         )
