@@ -97,8 +97,8 @@ bench-smoke: setup
 # oracle. It needs brokers it may stop, so it always starts its own, whatever
 # KAFKA_BOOTSTRAP_SERVERS says, on a free port below the ephemeral range (32768-60999), so no
 # client socket can take the port while the broker is down (tests/ports.py). `chaos-short`
-# takes about 4 min and is part of `make test`; it fails when anything is lost or spurious, or when the group has not
-# caught up 5 min after the input ended. `chaos` is the full run (234,000 events, 10,000
+# takes about 4 min and is part of `make test`; it fails when anything is lost or spurious, or
+# when the group has not caught up 5 min after the input ended. `chaos` is the full run (234,000 events, 10,000
 # customers, 12 kills; about 11 min); CLUSTER=1 uses three brokers and bounces one of them.
 .PHONY: chaos chaos-short
 chaos: setup

@@ -181,10 +181,7 @@ def worker(bootstrap: str, prefix: str, total: int) -> dict[str, Any]:
     from bench.procs import Worker, create_topics, stop, write_config
 
     folder = Path(tempfile.mkdtemp(prefix="casewatch-floor-"))
-    config = write_config(folder, prefix)
-    app_id = f"{prefix}-worker-{uuid.uuid4().hex[:6]}"
-    text = config.read_text().replace(f"app_id: {prefix}\n", f"app_id: {app_id}\n")
-    config.write_text(text)
+    config = write_config(folder, prefix, app_id=f"{prefix}-worker-{uuid.uuid4().hex[:6]}")
     create_topics(config, bootstrap)
     w = Worker.start(config, bootstrap, folder, "worker", "memory://")
     try:

@@ -27,10 +27,11 @@ class BenchError(RuntimeError):
     """The benchmark could not measure what it set out to (a worker died, a wait timed out)."""
 
 
-def write_config(folder: Path, unique: str, partitions: int = 6) -> Path:
-    """The shipped config, every rule, handler and route included, on topics of this run alone."""
+def write_config(folder: Path, unique: str, partitions: int = 6, app_id: str | None = None) -> Path:
+    """The shipped config, every rule, handler and route included, on topics of this run alone;
+    `app_id` (group, internal topics, tables) is `unique` unless given."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    data["pipeline"] |= {"app_id": unique, "partitions": partitions}
+    data["pipeline"] |= {"app_id": app_id or unique, "partitions": partitions}
     for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
         data["topics"][name] = f"{unique}.{name}"
     data["topics"]["handler_prefix"] = f"{unique}.handler."

@@ -277,10 +277,8 @@ class Bench:
     def paced_msgs(self, tag: str, rate: float, seconds: float) -> list[workload.Msg]:
         """`rate` events/s for `seconds`, event times from a moment after they are built; a model
         day is compressed into the run so that episodes complete within it."""
-        n = max(1, int(rate * seconds))
-        start = time.time() + 1.0 + n / 30_000
         seed = zlib.crc32(tag.encode())
-        return workload.build(self.mode.customers, n, start, seconds, f"{self.uid}-{tag}", seed)
+        return workload.paced(self.mode.customers, rate, seconds, f"{self.uid}-{tag}", seed)
 
     def end_to_end(self, topics: loader.Topics, loads: list[phases.Load]) -> None:
         records = asyncio.run(loader.read_all(self.bootstrap, f"{self.uid}.exceptions", 6))

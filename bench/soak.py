@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,8 +103,9 @@ class Resolver:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
         await consumer.start()
         await producer.start()
-        due: list[tuple[float, bytes, bytes]] = []  # (when, key, resolution), in time order
-        done: dict[tuple[str, str], float] = {}  # (exception, handler) -> when, for a while
+        due: deque[tuple[float, bytes, bytes]] = deque()  # (when, key, resolution), in order
+        # (exception, handler) -> when seen, in insertion (time) order: forgotten from the front
+        done: dict[tuple[str, str], float] = {}
         try:
             while not self.stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200)
@@ -124,13 +126,13 @@ class Resolver:
                         }
                         due.append((now + self.after, r.key, orjson.dumps(resolution)))
                 while due and due[0][0] <= now:
-                    _, key, value = due.pop(0)
+                    _, key, value = due.popleft()
                     at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
                     body = orjson.loads(value) | {"at": at}
                     await producer.send(f"{self.uid}.resolutions", orjson.dumps(body), key=key)
                     self.resolved += 1
-                for mark in [m for m, t in done.items() if t < now - 600]:
-                    del done[mark]
+                while done and next(iter(done.values())) < now - 600:
+                    del done[next(iter(done))]
         finally:
             await producer.stop()
             await consumer.stop()
@@ -180,15 +182,7 @@ def main() -> int:
                 say(f"{customers:,} customers at {args.rate:,.0f} events/s; windows x1/2880")
 
                 def make(chunk: int, rate: float, seconds: float) -> list[workload.Msg]:
-                    start = time.time() + 1.0 + rate * seconds / 30_000
-                    return workload.build(
-                        customers,
-                        max(1, int(rate * seconds)),
-                        start,
-                        seconds,
-                        f"{uid}-s{chunk}",
-                        seed=1000 + chunk,
-                    )
+                    return workload.paced(customers, rate, seconds, f"{uid}-s{chunk}", 1000 + chunk)
 
                 warm, sent = phases.soak(worker, bootstrap, topics, args.rate, args.warmup, make, 0)
                 say(f"warm-up: RSS {warm[0][1]:.0f} -> {warm[-1][1]:.0f} MiB")

@@ -31,6 +31,7 @@ day into their duration so that episodes complete and rules fire at the same rat
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -248,6 +249,15 @@ class Generator:
         for i in picks:
             self.out.insert(min(len(self.out), i + rng.randrange(1, 50)), self.out[i])
         return self.out
+
+
+def paced(customers: int, rate: float, seconds: float, prefix: str, seed: int) -> list[Msg]:
+    """`rate` events/s for `seconds` to be sent live, event times from a moment after they are
+    built (time to build them); a model day is compressed into the `seconds` so that episodes
+    complete within them."""
+    n = max(1, int(rate * seconds))
+    start = time.time() + 1.0 + n / 30_000
+    return build(customers, n, start, seconds, prefix, seed)
 
 
 def build(

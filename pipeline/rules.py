@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -65,10 +65,15 @@ class _Rule(BaseModel):
 
     severity: Severity = "medium"
     description: str | None = None
+    # Fields added after rules were in use: left out of the version while at their default, so
+    # a rule written before them keeps its version and its customers' pending state.
+    _added_later: ClassVar[frozenset[str]] = frozenset()
 
     def version(self) -> str:
         """A hash of the rule's config: exception records say which version found them."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        fields = type(self).model_fields
+        unset = {f for f in self._added_later if getattr(self, f) == fields[f].default}
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).hexdigest()[:12]
 
 
 def _check(alternatives: list[Alternative]) -> list[Alternative]:
@@ -110,15 +115,8 @@ class AbsenceRule(_Rule):
     # How long a key is remembered once closed, or once fired and never closed (a parcel lost
     # for good): a late start cannot re-arm it meanwhile; then it is dropped.
     forget_after: Duration = FORGET_AFTER
+    _added_later: ClassVar[frozenset[str]] = frozenset({"forget_after"})  # 2026-12-03
     _v = field_validator("start", "expect", "cancel")(_check)
-
-    def version(self) -> str:
-        # `forget_after` came later (2026-12-03): at its default it is left out of the hash, so
-        # a rule written before keeps its version and its customers' pending deadlines.
-        if self.forget_after != FORGET_AFTER:
-            return super().version()
-        dumped = self.model_dump_json(exclude={"forget_after"})
-        return hashlib.sha256(dumped.encode()).hexdigest()[:12]
 
 
 Rule: TypeAlias = Annotated[MatchRule | ThresholdRule | AbsenceRule, Field(discriminator="kind")]

@@ -2,9 +2,9 @@
 
 It holds the event ids seen recently (64-bit digests with their event time, so a repeated
 `event_id` is recognised without storing ids of up to 128 characters; stored packed, 16 bytes
-each, as one base64 string: 22 characters instead of the 38 of a JSON `["<hex>",<time>]`), each
-rule's detector state tagged with the rule's version, the customer's latest profile, and the partition that
-owns the customer (so the deadline index can be rebuilt after a rebalance).
+each, as one base64 string: 22 characters instead of the 38 of a JSON `["<hex>",<time>]`),
+each rule's detector state tagged with the rule's version, the customer's latest profile, and
+the partition that owns the customer (so the deadline index can be rebuilt after a rebalance).
 
 Bound (documented in the README): at most `dedupe_max_ids` digests (about 22 bytes each), one
 profile, and per rule what its detector keeps (see each detector's module docstring).

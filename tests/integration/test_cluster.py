@@ -1,7 +1,8 @@
 """A three-broker cluster loses nothing when a broker is bounced mid-stream. This module starts
 and stops its own cluster (deploy/kafka/local-kafka with CASEWATCH_KAFKA_NODES=3) on free
 ports below the ephemeral range (tests/ports.py), its data under pytest's tmp path, whatever
-KAFKA_BOOTSTRAP_SERVERS says: the shared broker is a single node. About 55 seconds, most of it starting and stopping Kafka."""
+KAFKA_BOOTSTRAP_SERVERS says: the shared broker is a single node. About 55 seconds, most of it
+starting and stopping Kafka."""
 
 from __future__ import annotations
 

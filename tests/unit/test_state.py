@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import tracemalloc
 from datetime import timedelta
+
+import orjson
 
 from pipeline.state import CustomerState
 
@@ -41,10 +46,6 @@ def test_at_most_max_ids_are_kept_newest_first() -> None:
 def test_a_state_stored_by_the_previous_version_is_read_and_its_ids_still_recognised() -> None:
     """Version 2 kept the digests as hex with float times: a worker upgraded in place reads
     its changelog and still knows the events it has seen."""
-    import hashlib
-
-    import orjson
-
     old = orjson.dumps(
         {
             "v": 2,
@@ -82,10 +83,7 @@ def test_empty_table_value_is_a_new_customer() -> None:
 def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
     """Ten contacts a day for a year, weekly complaints, an order every other day: windows
     expire, closed orders age out, remembered ids are capped; the state does not grow with time."""
-    import io
     from datetime import UTC, datetime, timedelta
-
-    import orjson
 
     from pipeline.config import load_config
     from pipeline.replay import Replay
@@ -162,8 +160,6 @@ def test_rules_with_nothing_to_remember_take_no_room() -> None:
 def test_a_stored_state_takes_little_more_memory_than_its_length() -> None:
     """The memory store keeps every customer's state bytes: orjson's own output buffers are
     4-16 times the JSON (4 KiB at least), which made the worker's memory grow with the states."""
-    import tracemalloc
-
     state = CustomerState(profile={"name": "x" * 900}, partition=1)
     tracemalloc.start()
     try:
