@@ -26,6 +26,7 @@ from bench.procs import (
     wait_for,
 )
 from bench.workload import Msg
+from pipeline import state
 
 LATENCY = "casewatch_processing_latency_seconds"
 POLL = 0.5  # seconds between two reads of the workers' counters while they drain
@@ -233,7 +234,9 @@ class State:
     max: int
     changelog_records: int
     changelog_bytes: int
-    parts: dict[str, int]  # mean bytes of each part of the state (seen ids, rules, recent, ...)
+    # mean bytes of each part of the state (seen ids, rules, recent, ...) in its JSON before
+    # compression (pipeline/state.py), so they add up to more than the stored mean
+    parts: dict[str, int]
 
 
 def state_size(bootstrap: str, app_id: str, partitions: int = 6) -> State:
@@ -251,7 +254,7 @@ def state_size(bootstrap: str, app_id: str, partitions: int = 6) -> State:
     sizes = sorted(len(v) for v in latest.values())
     parts: Counter[str] = Counter()
     for value in latest.values():
-        for name, part in orjson.loads(value).items():
+        for name, part in state.plain(value).items():  # parts before compression
             parts[name] += len(orjson.dumps(part)) + len(name) + 4  # "name": and a comma
             if name == "rules":
                 for rule, saved in part.items():

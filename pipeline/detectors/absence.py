@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 from pipeline.detectors.base import Finding, Instant, Step, epoch
 from pipeline.detectors.matchers import Matcher, field_text, matches_any
 
-# Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids], "x": closed at}
+# Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids]};
+# once closed, only {"x": closed at} (states written before 2026-12-04 also keep "c" there)
 State = Mapping[str, Mapping[str, Any]]
 
 
@@ -75,7 +76,7 @@ class AbsenceDetector:
                 entry["f"] = True
             if entry["f"]:
                 findings += (self._finding(k, entry, "resolved", t, event["event_id"]),)
-            entry = {"c": entry["c"], "x": t}
+            entry = {"x": t}
         pruned = {key: v for key, v in state.items() if not self._forgotten(v, t)}
         return Step({**pruned, k: entry}, findings)
 
