@@ -140,7 +140,7 @@ class Replay:
             self._store(partition, customer, new)
 
     def _store(self, partition: int, customer: str, state: CustomerState) -> None:
-        self.states[customer] = state.to_bytes()
+        self.states[customer] = state.to_bytes(self.config.pipeline.compress_state)
         self.index.set(partition, customer.encode(), self.engine.next_deadline(state))
 
     def _records(

@@ -154,10 +154,11 @@ class CustomerState:
     orders: Mapping[str, Any] = field(default_factory=dict)
     open: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_bytes(self) -> bytes:
-        """Serialise for the table (compact JSON with a version to migrate from, compressed);
-        empty parts are left out (`from_bytes` reads them as empty). Remembered ids' times are
-        kept to the second (rounded to keep them longer), everything else exactly."""
+    def to_bytes(self, compress: bool = True) -> bytes:
+        """Serialise for the table: compact JSON with a version to migrate from, compressed
+        unless `compress` is false (`pipeline.compress_state`; `from_bytes` reads both). Empty
+        parts are left out (`from_bytes` reads them as empty). Remembered ids' times are kept
+        to the second (rounded to keep them longer), everything else exactly."""
         newest, seen = _pack_seen(self.seen) if self.seen else (None, None)
         parts = {
             "sn": newest,
@@ -169,9 +170,10 @@ class CustomerState:
             "orders": self.orders,
             "open": self.open,
         }
-        packed = _compress(
-            orjson.dumps({"v": VERSION, **{k: v for k, v in parts.items() if v or v == 0}})
-        )
+        text = orjson.dumps({"v": VERSION, **{k: v for k, v in parts.items() if v or v == 0}})
+        if not compress:
+            return bytes(memoryview(text))  # see kept_json
+        packed = _compress(text)
         # python-zstandard's output holds the input's compress bound (measured with 0.25: 1,008
         # bytes for a 19-byte frame), as orjson's does (kept_json): the table keeps a copy.
         return bytes(memoryview(packed))

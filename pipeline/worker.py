@@ -154,7 +154,7 @@ class Ingest:
         if findings:  # acknowledged before the state is written
             source = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
             await self._publish(findings, new, source, msg.partition, now)
-        self.table[customer] = new.to_bytes()
+        self.table[customer] = new.to_bytes(self.config.pipeline.compress_state)
         self._index(msg.partition, customer, new)
         # Other customers of this partition whose deadline this event's time has passed.
         await self._fire_due(msg.partition, now)
@@ -199,7 +199,7 @@ class Ingest:
             state = CustomerState.from_bytes(self.table.get(msg.key))
             updated = without_open(state, resolution.exception_id)
             if updated is not state:
-                self.table[msg.key] = updated.to_bytes()
+                self.table[msg.key] = updated.to_bytes(self.config.pipeline.compress_state)
 
     async def tick(self, partition: int) -> None:
         """A clock tick for `partition`: fire every deadline its clock has passed. Never raises."""
@@ -245,7 +245,7 @@ class Ingest:
             state = CustomerState.from_bytes(self.table.get(customer))
             new, findings = self.engine.fire(state, now)
             await self._publish(findings, new, None, partition, now)
-            self.table[customer] = new.to_bytes()
+            self.table[customer] = new.to_bytes(self.config.pipeline.compress_state)
             self._index(partition, customer, new)
 
     async def _publish(

@@ -28,6 +28,7 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
     assert config.topics.interactions == "casewatch.interactions"
     assert config.topics.dlq == "casewatch.dlq"
     assert config.pipeline.allowed_lateness == timedelta(minutes=5)
+    assert config.pipeline.compress_state is True
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,10 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
             [
                 "pipeline.idle_after: 'soon' is not a duration: write a number and a unit, e.g. 90s, 5m, 4h, 30d"
             ],
+        ),
+        (
+            "pipeline:\n  compress_state: maybe\n",
+            ["pipeline.compress_state: Input should be a valid boolean, unable to interpret input"],
         ),
         (
             "pipeline:\n  partitions: 0\n",

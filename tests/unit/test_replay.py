@@ -165,6 +165,28 @@ def test_the_latest_profile_is_kept_for_context() -> None:
     assert record.context["profile"]["tier"] == "gold"
 
 
+def test_states_are_stored_compressed_unless_the_config_says_not_and_give_the_same_records() -> (
+    None
+):
+    """`pipeline.compress_state: false` trades memory for CPU: states are kept as plain JSON,
+    the findings do not change."""
+    lines = SAMPLE.read_bytes().splitlines()
+    plain_config = CONFIG.model_copy(
+        update={"pipeline": CONFIG.pipeline.model_copy(update={"compress_state": False})}
+    )
+    compressed, plain = Replay(CONFIG, errors=io.StringIO()), Replay(plain_config)
+    ours = [*compressed.feed(lines), *compressed.finish()]
+    theirs = [*plain.feed(lines), *plain.finish()]
+    assert [r.model_dump() for r in ours] == [r.model_dump() for r in theirs]
+    assert all(v[:4] == b"\x28\xb5\x2f\xfd" for v in compressed.states.values())  # zstd
+    assert all(orjson.loads(v)["v"] == 4 for v in plain.states.values())
+    assert sum(map(len, compressed.states.values())) < 0.7 * sum(map(len, plain.states.values()))
+    for customer, value in plain.states.items():
+        assert CustomerState.from_bytes(value) == CustomerState.from_bytes(
+            compressed.states[customer]
+        )
+
+
 def test_cli_replay_writes_records_and_a_summary(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     done = subprocess.run(
