@@ -105,7 +105,7 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(str(file), [f"cannot read the file: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         raise ConfigError(str(file), [_yaml_problem(exc)]) from None
     if data is None:
@@ -130,10 +130,35 @@ def _compiled(config: Config) -> tuple[Route, list[str]]:
     return config._tree
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML
+    forbids it, and PyYAML would silently keep the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark
+                raise _DuplicateKey(
+                    problem=f"{key!r} is given twice in one section (first on line "
+                    f"{first.line + 1}): keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
     what = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, _DuplicateKey):
+        return f"{where}: {what}"
     return f"{where}: not valid YAML ({what}): check the indentation and quoting there"
 
 

@@ -72,6 +72,15 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
     assert found.startswith("line 3, column 1: not valid YAML")
 
 
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys; a config edited by hand must not."""
+    (found,) = problems(tmp_path, "pipeline:\n  partitions: 3\n  app_id: a\n  partitions: 4\n")
+    assert found == (
+        "line 4, column 3: 'partitions' is given twice in one section (first on line 2): keep one"
+    )
+    assert problems(tmp_path, "pipeline:\n  partitions: 3\ntopics:\n  partitions: 3\n") != []
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file: No such file or directory"):
         load_config(tmp_path / "nope.yaml")
