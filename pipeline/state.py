@@ -6,14 +6,15 @@ state tagged with the rule's version, the customer's latest profile, recent even
 and open exceptions for context, and the partition that owns the customer (so the deadline
 index can be rebuilt after a rebalance).
 
-Stored (version 4) as compact JSON compressed with Zstandard (level 1): a customer's state is
-mostly repeated keys, type names, categories and times, which zstd shrinks 2-2.5x for 15-25 us
-per event (docs/performance.md, "Smaller state"). Compact means: remembered ids packed as
-12 bytes each (digest, age in whole seconds before the newest, times rounded up to the second), recent events as columns with
-the contract's event types as small numbers. Versions 1-3
-(plain JSON) are read too, so a worker upgraded in place keeps its changelog.
+Stored (version 4) as compact JSON compressed with Zstandard (`pipeline.compress_state`,
+default true): a customer's state is mostly repeated keys, type names, categories and times,
+which zstd shrinks 2.3x, for about a tenth of a worker's CPU (docs/performance.md, "Smaller
+state"). Compact means: remembered ids packed as 12 bytes each (digest, then age in whole
+seconds before the newest, times rounded up to the second), recent events as columns with the
+contract's event types as small numbers. Versions 1-3 (plain JSON) are read too, so a worker
+upgraded in place keeps its changelog.
 
-Bound (documented in the README): at most `dedupe_max_ids` digests, one profile, 20 recent
+Bound (docs/detectors.md, "State"): at most `dedupe_max_ids` digests, one profile, 20 recent
 events, 20 open orders, 20 open exceptions, and per rule what its detector keeps (see each
 detector's module docstring).
 """
