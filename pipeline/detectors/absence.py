@@ -23,7 +23,7 @@ from pipeline.detectors.base import Finding, Instant, Step, epoch
 from pipeline.detectors.matchers import Matcher, field_text, matches_any
 
 # Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids]};
-# once closed, only {"x": closed at} (states written before 2026-12-04 also keep "c" there)
+# once closed, only {"x": closed at} (closed keys of earlier states also keep "c")
 State = Mapping[str, Mapping[str, Any]]
 
 
