@@ -135,6 +135,8 @@ class Cluster:
         self.store = "memory://"
         self.failover_at: datetime | None = None
         self.nodes = 1
+        self.trace = False
+        self.loglevel = "warning"
 
     def broker(self, *action: str) -> None:
         for attempt in range(3):  # a start can fail while the old process lets go of its port
@@ -164,9 +166,13 @@ class Cluster:
         name = f"worker-{slot}-{self.started + 1:02d}.log"
         log(f"start worker {slot} (log {name})")
         out = (self.folder / name).open("ab")
+        # traced: tests/chaos/traced.py, each step of each worker written down in the folder
+        program = (
+            [str(REPO / "tests" / "chaos" / "traced.py")] if self.trace else ["-m", "pipeline"]
+        )
         self.workers[slot] = subprocess.Popen(
-            [PY, "-m", "pipeline", "worker", "--config", str(self.config), "--loglevel", "warning"],
-            env=self.worker_env(slot),
+            [PY, *program, "worker", "--config", str(self.config), "--loglevel", self.loglevel],
+            env=self.worker_env(slot) | {"CASEWATCH_TRACE_DIR": str(self.folder)},
             stdout=out,
             stderr=out,
             cwd=REPO,
@@ -205,6 +211,7 @@ async def publish(
     events: list[dict[str, Any]],
     seconds: float,
     stop: asyncio.Event,
+    failed: list[int],
 ) -> None:
     """Publish the events in order, paced over `seconds`, riding out the broker's restart."""
     producer = AIOKafkaProducer(
@@ -213,13 +220,21 @@ async def publish(
     await producer.start()
     t = config["topics"]
     began = time.monotonic()
+    # send() only queues a record: its delivery can still fail (a batch expired while the
+    # broker was down). Every delivery is checked, or the run would blame the workers.
+    deliveries: list[tuple[int, asyncio.Future[Any]]] = []
     try:
         for i, event in enumerate(events):
             topic = t["orders"] if event["type"].startswith("order.") else t["interactions"]
             while True:
                 try:
-                    await producer.send(
-                        topic, orjson.dumps(event), key=event["customer_id"].encode()
+                    deliveries.append(
+                        (
+                            i,
+                            await producer.send(
+                                topic, orjson.dumps(event), key=event["customer_id"].encode()
+                            ),
+                        )
                     )
                     break
                 except Exception as exc:  # the broker bounce: wait and retry the same event
@@ -230,6 +245,12 @@ async def publish(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await producer.flush()
+        for i, delivery in deliveries:
+            try:
+                await delivery
+            except Exception as exc:
+                failed.append(i)
+                log(f"publish of event {i} ({events[i]['event_id']}) failed: {exc!r}")
     finally:
         await producer.stop()
         stop.set()
@@ -268,6 +289,23 @@ async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any
     finally:
         await consumer.stop()
     return records
+
+
+async def records_in(bootstrap: str, topics: list[str]) -> int:
+    """How many records the topics hold (end minus start offsets; no transactions here)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        for topic in topics:
+            await consumer._client._wait_on_metadata(topic)
+        parts = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        ends = await consumer.end_offsets(parts)
+        starts = await consumer.beginning_offsets(parts)
+        return sum(ends[tp] - starts[tp] for tp in parts)
+    finally:
+        await consumer.stop()
 
 
 def chaos(
@@ -354,6 +392,12 @@ def main() -> int:
     )
     parser.add_argument("--store", default="memory://", help="the workers' table store")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="workers write down every step (tests/chaos/traced.py) in the run's folder",
+    )
+    parser.add_argument("--loglevel", default="warning", help="the workers' log level")
     parser.add_argument("--out", default=str(REPO / "tests" / "chaos" / "results" / "latest.json"))
     args = parser.parse_args()
     events_n = args.events or (20_000 if args.short else 200_000)
@@ -389,6 +433,7 @@ def main() -> int:
 
     cluster = Cluster(folder, args.port or free_base(0, 1, 10, 11, 20, 21), config)
     cluster.store = args.store
+    cluster.trace, cluster.loglevel = args.trace, args.loglevel
     if args.cluster:
         cluster.nodes = 3
         cluster.env["CASEWATCH_KAFKA_NODES"] = "3"
@@ -404,10 +449,13 @@ def main() -> int:
             cwd=REPO,
         )
         began = time.monotonic()
+        unpublished: list[int] = []
 
         async def run() -> None:
             done = asyncio.Event()
-            publisher = asyncio.create_task(publish(cluster.bootstrap, data, events, seconds, done))
+            publisher = asyncio.create_task(
+                publish(cluster.bootstrap, data, events, seconds, done, unpublished)
+            )
             await asyncio.to_thread(chaos, cluster, rng, done, kills, not args.no_bounce, seconds)
             await publisher
 
@@ -438,6 +486,18 @@ def main() -> int:
             figures["stalled_partitions"] = behind_by
         time.sleep(5)
         until = datetime.now(UTC)
+        if unpublished:  # the oracle sees what the workers could see
+            log(f"{len(unpublished)} events could not be published: left out of the oracle")
+            skip = set(unpublished)
+            file = folder / "published.jsonl"
+            file.write_bytes(
+                b"".join(orjson.dumps(e) + b"\n" for i, e in enumerate(events) if i not in skip)
+            )
+        on_broker = asyncio.run(
+            records_in(
+                cluster.bootstrap, [data["topics"]["interactions"], data["topics"]["orders"]]
+            )
+        )
         oracle_run = subprocess.run(
             [
                 PY,
@@ -481,6 +541,9 @@ def main() -> int:
         fired = Counter(got[key] for key in pending)
         figures |= {
             "events": len(events),
+            "events_not_published": len(unpublished),
+            # what the input topics hold: each published event once (an idempotent producer)
+            "input_records_on_broker": on_broker,
             "customers": customers,
             "workers_started": cluster.started,
             "kills": cluster.kills,
@@ -524,6 +587,9 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
         failed = lost or spurious or figures["deadlines_not_fired"]
+        if on_broker != len(events) - len(unpublished):
+            log(f"the input topics hold {on_broker} records, not {len(events) - len(unpublished)}")
+            failed = True
         return 1 if failed or "stalled_partitions" in figures else 0
     finally:
         for slot in list(cluster.workers):
