@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -127,11 +128,20 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
     entries.on_recover(dispatch_recovered)
 
+    watched = {t.interactions, t.orders, t.resolutions, rekey_name}
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Another worker decides dispatch now: its handler gauges are the true ones.
         if any(tp.topic == dispatch.get_topic_name() for tp in revoked):
             router.forget_gauges()
+        # The same for each partition's lag and clock: the new owner reports them. A value left
+        # here would stay frozen, and the lag alert takes the max over the workers.
+        for tp in revoked:
+            if tp.topic in watched:
+                _forget(metrics.consumer_lag, tp.topic, str(tp.partition))
+            if tp.topic == ticks.get_topic_name():
+                _forget(metrics.watermark_lag, str(tp.partition))
 
     async def recovered() -> None:
         ingest.recovered(customers.items(), ((k.decode(), v) for k, v in clocks.items()))
@@ -149,8 +159,6 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:
         metrics.up.set(1)
-
-    watched = {t.interactions, t.orders, t.resolutions, rekey_name}
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def lag() -> None:
@@ -203,6 +211,12 @@ class _TextKeys:
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.table[key.encode()] = value
+
+
+def _forget(gauge: Any, *labels: str) -> None:
+    """Drop a gauge's series, if it has one."""
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
 
 
 def _total(metrics: Metrics, name: str) -> float:
