@@ -52,6 +52,9 @@ class SafeConsumer(Consumer):
         self.epoch = 0
         # A clear dropped delivered records: seek back before fetching on.
         self.reread = False
+        # Where reading started after the last seek, for partitions with nothing committed:
+        # what a commit must start from (Faust has no such bound for them).
+        self._base: dict[TP, int] = {}
 
     def queues_cleared(self) -> None:
         self.epoch += 1
@@ -65,19 +68,19 @@ class SafeConsumer(Consumer):
         self._acked.clear()
         self._acked_index.clear()
         self._gap.clear()
+        self._base.clear()
         try:
             await super().perform_seek()
+            await self._rewind_uncommitted()
         finally:
             self.epoch += 1  # whatever was delivered during the seek is stale too
 
-    async def _read_again(self) -> None:
-        """Back to the committed offsets (to the start where none is committed yet), so
-        every record not processed is fetched again."""
-        log.info("records fetched may not have reached the agents: reading from committed offsets")
-        await self.perform_seek()
+    async def _rewind_uncommitted(self) -> None:
         # aiokafka's seek_to_committed leaves a partition with nothing (or 0) committed where
-        # it is: seek it to its first offset (a position, not a reset: Faust's livelock
-        # check asserts every assigned partition has one)
+        # it is: a partition kept through a rebalance would go on from its fetch position,
+        # past records that were fetched but never processed (dropped from a cleared queue).
+        # Seek it to its first offset (a position, not a reset: Faust's livelock check
+        # asserts every assigned partition has one), and bound its commits by it.
         fresh = [
             tp
             for tp in self.assignment()
@@ -86,8 +89,36 @@ class SafeConsumer(Consumer):
             and self.app.topics.acks_enabled_for(tp.topic)
         ]
         if fresh:
-            earliest = await self.earliest_offsets(*fresh)
-            await self.seek_wait({tp: offset or 0 for tp, offset in earliest.items()})
+            earliest = {
+                tp: offset or 0 for tp, offset in (await self.earliest_offsets(*fresh)).items()
+            }
+            await self.seek_wait(earliest)
+            self._base.update(earliest)
+
+    async def _read_again(self) -> None:
+        """Back to the committed offsets (to the start where none is committed yet), so
+        every record not processed is fetched again."""
+        log.info("records fetched may not have reached the agents: reading from committed offsets")
+        await self.perform_seek()
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust's guard (the first acknowledged offset must be at most one past the committed
+        # offset) is skipped when nothing is committed (None, or 0): any run of acknowledged
+        # offsets is then committed, whatever came before it was never processed. Hold such a
+        # partition to the offset reading started from after the seek, with the same tolerance.
+        acked = self._acked[tp]
+        if acked and not self._committed_offset[tp]:
+            base = self._base.get(tp)
+            if base is None:
+                return None  # where reading started is not known: nothing is safe to commit
+            first = min(acked)
+            gaps = self._gap[tp]
+            if gaps:
+                first = min(first, min(interval.begin for interval in gaps))
+            if first - base > 1:
+                return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         log.warning(

@@ -184,6 +184,7 @@ def test_a_seek_forgets_acks_of_skipped_messages() -> None:
             return {PART: 99}
 
         c.seek_to_committed = seek_to_committed
+        c.assignment = lambda: {PART}
         await c.perform_seek()
         c._thread.thread_loop.close()
         return faust_would_commit, c._new_offset(PART)
@@ -220,6 +221,66 @@ def test_reading_again_rewinds_partitions_without_a_committed_offset() -> None:
     asyncio.run(scenario())
     # partition 2 was sought to its committed offset by aiokafka's seek_to_committed
     assert sought == {PART: 7, TP(TOPIC, 1): 7}
+
+
+def test_the_seek_after_a_rebalance_rewinds_partitions_without_a_committed_offset() -> None:
+    """Early in a group's life nothing is committed. A partition this worker keeps through a
+    rebalance must not go on from its fetch position: the records fetched before the rebalance
+    were dropped with the agents' queues, unprocessed. The recovery's own seek (not only a
+    re-read) takes it back to its first offset."""
+    sought: dict[Any, int] = {}
+
+    async def scenario() -> Any:
+        c = consumer()
+
+        async def seek_to_committed() -> dict[TP, int | None]:
+            return {PART: None}  # aiokafka leaves such a partition where it is
+
+        async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+            return {tp: 0 for tp in partitions}
+
+        async def seek_wait(offsets: dict[TP, int]) -> None:
+            sought.update(offsets)
+
+        c.seek_to_committed = seek_to_committed
+        c.earliest_offsets = earliest_offsets
+        c.seek_wait = seek_wait
+        c.assignment = lambda: {PART}
+        c.app.topics.acks_enabled_for = lambda topic: True
+        await c.perform_seek()
+        c._thread.thread_loop.close()
+        return c
+
+    c = asyncio.run(scenario())
+    assert sought == {PART: 0}
+    assert c._base == {PART: 0}
+
+
+def test_nothing_committed_yet_is_no_licence_to_commit_past_unprocessed_offsets() -> None:
+    """Faust's commit guard compares the first acknowledged offset with the committed one, and
+    is skipped when nothing is committed: acknowledgements of 500-509 alone (0-499 fetched and
+    dropped, never processed) would commit 510. Ours holds the partition to where reading
+    started after the seek."""
+
+    def acked(c: Any, offsets: range) -> None:
+        for offset in offsets:
+            c._acked[PART].append(offset)
+            c._acked_index[PART].add(offset)
+
+    c = consumer()
+    c._thread.thread_loop.close()
+    assert c._committed_offset[PART] is None
+    acked(c, range(500, 510))
+    assert FaustConsumer._new_offset(c, PART) == 510  # 0-499 passed over
+    acked(c, range(500, 510))
+    c._base[PART] = 0  # where the seek put the partition
+    assert c._new_offset(PART) is None
+    acked(c, range(0, 500))
+    assert c._new_offset(PART) == 510  # once 0-499 are processed too
+    # and a partition whose start is not known is not committed at all
+    c._base.clear()
+    acked(c, range(510, 520))
+    assert c._new_offset(PART) is None
 
 
 def test_a_failed_seek_is_tried_again_before_fetching_on() -> None:
