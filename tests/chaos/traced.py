@@ -11,6 +11,7 @@ unbuffered so that a `kill -9` loses nothing already done:
 - `K`: an offset acknowledged (what a later commit may pass);
 - `C`: a commit, with its offsets and whether the broker took it;
 - `D`: a record sent to dispatch (exception id, status) and acknowledged;
+- `Q`: a dispatch record routed (its offset, exception id and status);
 - `H`: a record written to a handler topic and acknowledged.
 
 Nothing here changes behaviour: each step calls the original and records its outcome.
@@ -78,6 +79,16 @@ _wrap(
         "P", tp=f"{msg.topic}:{msg.partition}", o=msg.offset, e=_event_id(msg.value)
     ),
 )
+
+
+def _routed(self: Any, _: Any, value: bytes | None, offset: int = -1) -> None:
+    record = orjson.loads(value or b"{}").get("exception")  # else a clock or a resolution
+    if not isinstance(record, dict):
+        record = {}
+    note("Q", o=offset, x=record.get("exception_id"), s=record.get("status"))
+
+
+_wrap(worker.DispatchStep, "handle", _routed)
 _wrap(
     offsets.SafeConsumer,
     "_commit",
