@@ -194,27 +194,34 @@ def test_a_seek_forgets_acks_of_skipped_messages() -> None:
     assert ours is None
 
 
+def seeking(committed: dict[TP, int | None], earliest: int, sought: dict[TP, int]) -> Any:
+    """A consumer whose broker has `committed` (aiokafka's seek_to_committed leaves a partition
+    with None or 0 where it is), every partition starting at `earliest`; seeks go to `sought`."""
+    c = consumer()
+
+    async def seek_to_committed() -> dict[TP, int | None]:
+        return committed
+
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        return {tp: earliest for tp in partitions}
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        sought.update(offsets)
+
+    c.seek_to_committed = seek_to_committed
+    c.earliest_offsets = earliest_offsets
+    c.seek_wait = seek_wait
+    c.assignment = lambda: set(committed)
+    c.app.topics.acks_enabled_for = lambda topic: True
+    return c
+
+
 def test_reading_again_rewinds_partitions_without_a_committed_offset() -> None:
     """Nothing committed yet (a new group): a re-read starts from the first offset."""
-    sought: dict[Any, int] = {}
+    sought: dict[TP, int] = {}
 
     async def scenario() -> None:
-        c = consumer()
-
-        async def seek_to_committed() -> dict[TP, int | None]:
-            return {PART: None, TP(TOPIC, 1): 0, TP(TOPIC, 2): 40}
-
-        async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
-            return {tp: 7 for tp in partitions}
-
-        async def seek_wait(offsets: dict[TP, int]) -> None:
-            sought.update(offsets)
-
-        c.seek_to_committed = seek_to_committed
-        c.earliest_offsets = earliest_offsets
-        c.seek_wait = seek_wait
-        c.assignment = lambda: {PART, TP(TOPIC, 1), TP(TOPIC, 2)}
-        c.app.topics.acks_enabled_for = lambda topic: True
+        c = seeking({PART: None, TP(TOPIC, 1): 0, TP(TOPIC, 2): 40}, 7, sought)
         await c._read_again()
         c._thread.thread_loop.close()
 
@@ -228,25 +235,10 @@ def test_the_seek_after_a_rebalance_rewinds_partitions_without_a_committed_offse
     rebalance must not go on from its fetch position: the records fetched before the rebalance
     were dropped with the agents' queues, unprocessed. The recovery's own seek (not only a
     re-read) takes it back to its first offset."""
-    sought: dict[Any, int] = {}
+    sought: dict[TP, int] = {}
 
     async def scenario() -> Any:
-        c = consumer()
-
-        async def seek_to_committed() -> dict[TP, int | None]:
-            return {PART: None}  # aiokafka leaves such a partition where it is
-
-        async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
-            return {tp: 0 for tp in partitions}
-
-        async def seek_wait(offsets: dict[TP, int]) -> None:
-            sought.update(offsets)
-
-        c.seek_to_committed = seek_to_committed
-        c.earliest_offsets = earliest_offsets
-        c.seek_wait = seek_wait
-        c.assignment = lambda: {PART}
-        c.app.topics.acks_enabled_for = lambda topic: True
+        c = seeking({PART: None}, 0, sought)
         await c.perform_seek()
         c._thread.thread_loop.close()
         return c
