@@ -41,7 +41,7 @@ test: setup prometheus
 	$(BIN)/python bench/run.py --smoke; \
 	$(BIN)/python bench/floor.py --smoke; \
 	$(BIN)/python bench/soak.py --smoke --out /tmp/casewatch-soak-smoke.json; \
-	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short
+	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace
 
 # prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed
 # only when missing. No recommends (no node exporter); the package's own service is not needed
@@ -98,11 +98,12 @@ bench-smoke: setup
 # KAFKA_BOOTSTRAP_SERVERS says, on a free port below the ephemeral range (32768-60999), so no
 # client socket can take the port while the broker is down (tests/ports.py). `chaos-short`
 # takes about 4 min and is part of `make test`; it fails when anything is lost or spurious, or
-# when the group has not caught up 5 min after the input ended. `chaos` is the full run (234,000 events, 10,000
+# when the group has not caught up 5 min after the input ended. Both write down every worker's
+# steps (--trace), so that a run that loses something says where (tests/chaos/analyse.py). `chaos` is the full run (234,000 events, 10,000
 # customers, 12 kills; about 11 min); CLUSTER=1 uses three brokers and bounces one of them.
 .PHONY: chaos chaos-short
 chaos: setup
-	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py $(if $(CLUSTER),--cluster)
+	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --trace $(if $(CLUSTER),--cluster)
 
 chaos-short: setup
-	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short $(if $(CLUSTER),--cluster)
+	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace $(if $(CLUSTER),--cluster)

@@ -587,6 +587,10 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
         failed = lost or spurious or figures["deadlines_not_fired"]
+        if lost or spurious:  # where it happened, while the folder is at hand
+            subprocess.run(
+                [PY, str(REPO / "tests" / "chaos" / "analyse.py"), str(folder)], cwd=REPO
+            )
         if on_broker != len(events) - len(unpublished):
             log(f"the input topics hold {on_broker} records, not {len(events) - len(unpublished)}")
             failed = True
