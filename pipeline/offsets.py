@@ -24,6 +24,11 @@ consumer seeks back to the committed offsets before fetching on, so every record
 processed is fetched again (at-least-once: the copies are deduplicated by event id). A seek
 forgets the acks from before it. What is still registered as a gap is counted
 (`casewatch_offset_gaps_total`) and logged.
+
+A partition with nothing committed yet (early in a group's life: every partition, and the
+dispatch partition until its first commit) had two more holes: aiokafka's seek_to_committed
+leaves it at its fetch position, and Faust's commit guard is skipped for it. Every seek now
+takes it back to its first offset, and its commits must start from there.
 """
 
 from __future__ import annotations
