@@ -256,6 +256,13 @@ async def publish(
         stop.set()
 
 
+async def partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of the topics, once the consumer's metadata has them."""
+    for topic in topics:
+        await consumer._client._wait_on_metadata(topic)
+    return [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+
+
 async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any]]:
     """Every committed record of the handler topics: read up to each partition's end offset
     (taken first), not until the topics look quiet, which a slow leader can fake."""
@@ -268,11 +275,7 @@ async def read_handlers(bootstrap: str, topics: list[str]) -> list[dict[str, Any
     await consumer.start()
     records: list[dict[str, Any]] = []
     try:
-        for topic in topics:
-            await consumer._client._wait_on_metadata(topic)
-        parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-        ]
+        parts = await partitions(consumer, topics)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
@@ -296,11 +299,7 @@ async def records_in(bootstrap: str, topics: list[str]) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        for topic in topics:
-            await consumer._client._wait_on_metadata(topic)
-        parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-        ]
+        parts = await partitions(consumer, topics)
         ends = await consumer.end_offsets(parts)
         starts = await consumer.beginning_offsets(parts)
         return sum(ends[tp] - starts[tp] for tp in parts)
