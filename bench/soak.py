@@ -3,6 +3,7 @@ has filled?
 
     .venv/bin/python bench/soak.py [--rate 800] [--warmup 15] [--minutes 10] [--out FILE]
     .venv/bin/python bench/soak.py --smoke    # CI: a minute and a half, to keep it working
+    .venv/bin/python bench/soak.py --probe    # and where the worker's memory is (memprobe.py)
 
 `bench/run.py --soak` runs its soak on the benchmark's worker, whose windows are real time (a
 7-day dedupe window, 30-day rule windows) while its paced load compresses a model day into 30 s:
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -156,6 +158,12 @@ def main() -> int:
     p.add_argument(
         "--smoke", action="store_true", help="what CI runs: 200 events/s, 15 s warm-up, 1 min"
     )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the worker under bench/memprobe.py: the C heap, Python's blocks and object "
+        "counts every 30 s, their change over the measured minutes in the JSON",
+    )
     args = p.parse_args()
     if args.smoke:  # not judged: it shows the soak still runs end to end
         args.rate, args.warmup, args.minutes = 200.0, 0.25, 1.0
@@ -174,7 +182,12 @@ def main() -> int:
             changed = compress_config(config)
             create_topics(config, bootstrap)
             topics = loader.Topics(f"{uid}.interactions", f"{uid}.orders", 6)
-            worker = Worker.start(config, bootstrap, folder, "worker", "memory://")
+            probe = folder / "memprobe.jsonl"
+            program = None
+            if args.probe:
+                os.environ["CASEWATCH_MEMPROBE_FILE"] = str(probe)
+                program = [sys.executable, str(Path(__file__).with_name("memprobe.py"))]
+            worker = Worker.start(config, bootstrap, folder, "worker", "memory://", program)
             resolver = Resolver(bootstrap, uid, args.resolve_after)
             try:
                 up([worker])
@@ -191,11 +204,14 @@ def main() -> int:
                 def later(chunk: int, rate: float, seconds: float) -> list[workload.Msg]:
                     return make(chunk + 10_000, rate, seconds)
 
+                measured_from = time.time()
+
                 samples, total = phases.soak(
                     worker, bootstrap, topics, args.rate, args.minutes, later, sent
                 )
                 after = phases.state_size(bootstrap, uid)
                 rss_now, hwm = worker.rss_mb()
+                probed = probe_change(probe, measured_from) if args.probe else None
             finally:
                 resolver.stopping.set()
                 stop([worker])
@@ -229,6 +245,8 @@ def main() -> int:
         "state_before": asdict(before),
         "state_after": asdict(after),
     }
+    if probed is not None:
+        result["probe"] = probed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     state = [s.mean * s.customers / 2**20 for s in (before, after)]
@@ -244,7 +262,49 @@ def main() -> int:
         f"{after.mean:.0f} B each, {state[0]:.1f} -> {state[1]:.1f} MiB\n"
         f"figures: {args.out}"
     )
+    if probed is not None:
+        print(probe_summary(probed))
     return 0
+
+
+def probe_change(file: Path, since: float) -> dict[str, Any]:
+    """What `memprobe.py` wrote from `since` on: every sample's figures (object counts left
+    out), and the object types whose counts changed most between the first and the last."""
+    lines = [orjson.loads(line) for line in file.read_bytes().splitlines() if line.strip()]
+    measured = [s for s in lines if s["t"] >= since] or lines[-1:]
+    if not measured:
+        raise BenchError(f"the memory probe wrote nothing to {file}")
+    first, last = measured[0], measured[-1]
+    names = set(first["types"]) | set(last["types"])
+    moved = sorted(
+        ((n, last["types"].get(n, 0) - first["types"].get(n, 0)) for n in names),
+        key=lambda item: -abs(item[1]),
+    )
+    return {
+        "samples": [{k: v for k, v in s.items() if k != "types"} for s in measured],
+        "types_first": first["types"],
+        "types_changed": dict(moved[:15]),
+    }
+
+
+def probe_summary(probed: dict[str, Any]) -> str:
+    first, last = probed["samples"][0], probed["samples"][-1]
+    parts = [
+        f"{name} {first[name]:,} -> {last[name]:,}"
+        for name in (
+            "rss",
+            "heap_in_use",
+            "heap_free",
+            "mmapped",
+            "py_arenas",
+            "py_used",
+            "py_free",
+            "objects",
+        )
+        if name in first
+    ]
+    changed = ", ".join(f"{n} {d:+,}" for n, d in list(probed["types_changed"].items())[:8])
+    return f"memory probe over the measured minutes: {'; '.join(parts)}\nobjects: {changed}"
 
 
 if __name__ == "__main__":
