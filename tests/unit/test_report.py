@@ -17,9 +17,9 @@ import orjson
 import pytest
 from rich.console import Console
 
-from pipeline import report
+from pipeline import report, report_cases, report_output
 from pipeline.models import ExceptionRecord
-from pipeline.report import Loaded, analyse
+from pipeline.report_cases import Loaded, analyse
 from tests.integration import scenario
 
 T0 = datetime(2026, 3, 1, 9, tzinfo=UTC)
@@ -67,7 +67,7 @@ def rec(
     )
 
 
-def build(*records: ExceptionRecord, top: int = 10) -> report.Report:
+def build(*records: ExceptionRecord, top: int = 10) -> report_cases.Report:
     return analyse(Loaded(list(records), "test input"), top)
 
 
@@ -76,10 +76,10 @@ def escalated(exception_id: str, hours: float, **fields: Any) -> ExceptionRecord
     return rec(exception_id, "escalated", hours, handler="supervisors", reason=why, **fields)
 
 
-def text(r: report.Report, terminal: bool = False) -> str:
+def text(r: report_cases.Report, terminal: bool = False) -> str:
     out = io.StringIO()
     console = Console(file=out, width=220, force_terminal=terminal, color_system=None)
-    report.print_report(r, console)
+    report_output.print_report(r, console)
     return out.getvalue()
 
 
@@ -143,7 +143,7 @@ def test_category_comes_from_the_subject_else_the_newest_recent_contact() -> Non
         rec("k3", rule="complaint_cluster", customer="c-3", subject={"category": "noise"}),
         rec("k4", rule="complaint_cluster", customer="c-4"),  # no context: no category
     )
-    assert report.category(report.cases([r.records[0]])[0]) == ("noise", True)
+    assert report_cases.category(report_cases.cases([r.records[0]])[0]) == ("noise", True)
     assert [(x.name, x.exceptions, x.detail) for x in r.categories] == [
         ("noise", 3, "complaint_cluster (3); 2 from recent events")
     ]
@@ -222,11 +222,11 @@ def test_repeated_records_are_dropped_and_counted_the_earliest_kept() -> None:
     first = rec("a1", hours=0)
     again = rec("a1", hours=0.5)  # the same record re-emitted after a restart
     moved = rec("a1", hours=1, handler="supervisors", reason="reassigned by logistics")
-    kept, dropped = report.dedupe([first, again, first, moved])
+    kept, dropped = report_cases.dedupe([first, again, first, moved])
     assert (kept, dropped) == ([first, moved], 2)
     r = build(first, again, first, moved)
     assert (len(r.cases), len(r.records), r.duplicates) == (1, 2, 2)
-    assert ("duplicates dropped", "2") in report.figures(r)
+    assert ("duplicates dropped", "2") in report_output.figures(r)
     assert {h.handler: h.still_open for h in r.handlers} == {"supervisors": 1}
 
 
@@ -248,7 +248,7 @@ def test_invalid_lines_are_reported_with_file_and_line_and_skipped(tmp_path: Pat
 HOSTILE = '<script>alert("x")</script>'
 
 
-def sample() -> report.Report:
+def sample() -> report_cases.Report:
     profile = {"tier": "gold", "name": HOSTILE}
     return build(
         rec("a1", hours=0, context={"profile": profile}),
@@ -340,7 +340,7 @@ class Checker(HTMLParser):
 
 
 def test_html_is_self_contained_well_formed_escaped_and_has_charts() -> None:
-    page = report.render_html(sample())
+    page = report_output.render_html(sample())
     checker = Checker()
     checker.feed(page)
     checker.close()
@@ -361,7 +361,7 @@ def test_html_is_self_contained_well_formed_escaped_and_has_charts() -> None:
 
 
 def test_the_longest_bar_is_the_top_row() -> None:
-    page = report.render_html(sample())
+    page = report_output.render_html(sample())
     chart = page.split("<h2>Top recurring rules</h2>")[1].split("</svg>")[0]
     widths = [float(w) for w in re.findall(r'<rect class="s1" [^>]*width="([\d.]+)"', chart)]
     assert widths == sorted(widths, reverse=True)
