@@ -2,8 +2,10 @@
 
     CasewatchError
     ├── ConfigError            the rules file is invalid: file, path inside it, and the fix
+    ├── HandleError            `casewatch handle`: no such exception id, row or topic
     ├── InvalidEvent           an input message cannot be an event; goes to the dead-letter topic
     ├── KafkaAccessError       Kafka refused this client: credentials rejected, TLS failed
+    ├── ReportError            `casewatch report`: a topic to read is not there
     └── SinkError              an output could not be written
         ├── RetryableSinkError     a broker or network hiccup: the same write may succeed later
         └── FatalSinkError         the write can never succeed as is (authorisation, record too big)
@@ -29,6 +31,10 @@ class ConfigError(CasewatchError):
         super().__init__(f"{file}: {count}:\n{lines}")
 
 
+class HandleError(CasewatchError):
+    """What the handler asked for is not there: an exception id, a row, or the topic itself."""
+
+
 class InvalidEvent(CasewatchError):
     """A message that is not a valid event.
 
@@ -45,6 +51,10 @@ class InvalidEvent(CasewatchError):
 class KafkaAccessError(CasewatchError):
     """Kafka refused this client: its credentials, or the TLS handshake. The message names the
     environment variable to fix and never holds a secret."""
+
+
+class ReportError(CasewatchError):
+    """The input of `casewatch report` cannot be read: a topic that is not there."""
 
 
 class SinkError(CasewatchError):

@@ -35,17 +35,13 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from pipeline.config import Runtime, load_config
-from pipeline.errors import CasewatchError
+from pipeline.errors import ReportError
 from pipeline.models import ExceptionRecord
 from pipeline.report_cases import Loaded, analyse
 from pipeline.report_output import print_report, render_html
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 PLAIN_WIDTH = 200  # piped output
-
-
-class ReportError(CasewatchError):
-    """The input cannot be read: a topic that is not there."""
 
 
 # ---- input ---------------------------------------------------------------------------------

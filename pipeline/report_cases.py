@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TypeAlias
 
-from pipeline.handle import age_text
+from pipeline.handle_cases import age_text
 from pipeline.models import ExceptionRecord
 
 _CATEGORY_TYPES = ("interaction.contact", "interaction.complaint")  # their `detail` is a category

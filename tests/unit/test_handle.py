@@ -14,9 +14,11 @@ import orjson
 import pytest
 from rich.console import Console, RenderableType
 
-from pipeline import handle
+from pipeline import handle, handle_cases
 from pipeline.config import load_config
-from pipeline.handle import Case, Command, Desk, HandleError
+from pipeline.errors import HandleError
+from pipeline.handle import Desk
+from pipeline.handle_cases import Case, Command
 from pipeline.models import ExceptionRecord
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -63,7 +65,7 @@ def cells(row: str) -> list[str]:
 
 
 def test_fold_keeps_the_latest_record_and_the_first_seen_time() -> None:
-    cases = handle.fold(
+    cases = handle_cases.fold(
         [
             record(A, at=T0),
             record(B, at=T0 + timedelta(hours=1)),
@@ -78,12 +80,12 @@ def test_fold_keeps_the_latest_record_and_the_first_seen_time() -> None:
 
 def test_folding_batch_by_batch_gives_the_same_state_as_all_at_once() -> None:
     records = [record(A), record(B), record(A, "resolved"), record(C), record(B, "escalated")]
-    stepwise = handle.fold(records[3:], handle.fold(records[:3]))
-    assert stepwise == handle.fold(records)
+    stepwise = handle_cases.fold(records[3:], handle_cases.fold(records[:3]))
+    assert stepwise == handle_cases.fold(records)
 
 
 def test_rows_are_newest_first_and_resolved_ones_left_out_by_default() -> None:
-    cases = handle.fold(
+    cases = handle_cases.fold(
         [
             record(A, at=T0),
             record(B, at=T0 + timedelta(hours=1)),
@@ -91,8 +93,8 @@ def test_rows_are_newest_first_and_resolved_ones_left_out_by_default() -> None:
             record(C, "resolved", at=T0 + timedelta(hours=3)),
         ]
     )
-    assert [c.record.exception_id for c in handle.newest_first(cases)] == [B, A]
-    shown = handle.newest_first(cases, show_resolved=True)
+    assert [c.record.exception_id for c in handle_cases.newest_first(cases)] == [B, A]
+    shown = handle_cases.newest_first(cases, show_resolved=True)
     assert [c.record.exception_id for c in shown] == [C, B, A]
 
 
@@ -117,9 +119,9 @@ FULL_CONTEXT = {
 
 def test_a_row_shows_what_a_handler_needs() -> None:
     route = {"handler": "logistics", "path": "root/vip", "reason": "overflow"}
-    cases = handle.fold([record(A, "escalated", context=FULL_CONTEXT, route=route)])
+    cases = handle_cases.fold([record(A, "escalated", context=FULL_CONTEXT, route=route)])
     now = T0 + timedelta(hours=2, minutes=5)
-    row = row_of(plain(handle.table(handle.newest_first(cases), now)), A)
+    row = row_of(plain(handle_cases.table(handle_cases.newest_first(cases), now)), A)
     assert cells(row) == [
         "1",
         A[:8],
@@ -135,12 +137,12 @@ def test_a_row_shows_what_a_handler_needs() -> None:
 
 
 def test_an_exception_past_resolve_within_says_late_unless_resolved() -> None:
-    cases = handle.fold(
+    cases = handle_cases.fold(
         [record(A, at=T0), record(B, at=T0 + timedelta(hours=7)), record(C, "resolved", at=T0)]
     )
     out = plain(
-        handle.table(
-            handle.newest_first(cases, True), T0 + timedelta(hours=9), "", timedelta(hours=8)
+        handle_cases.table(
+            handle_cases.newest_first(cases, True), T0 + timedelta(hours=9), "", timedelta(hours=8)
         )
     )
     assert "9h00m late" in row_of(out, A)
@@ -175,18 +177,18 @@ def test_context_at_a_glance_survives_missing_null_and_odd_keys(
     context: dict[str, Any], expected: str
 ) -> None:
     r = record(context=context)
-    assert handle.glance(r) == expected
-    assert cells(row_of(plain(handle.table([Case(1, T0, r)], T0)), A))[6] == "c-1"
+    assert handle_cases.glance(r) == expected
+    assert cells(row_of(plain(handle_cases.table([Case(1, T0, r)], T0)), A))[6] == "c-1"
 
 
 def test_text_from_a_record_is_shown_as_is_not_read_as_markup() -> None:
     r = record(context={"profile": {"tier": "[bold]gold[/]", "name": "Bobby [/] Tables"}})
-    out = plain(handle.table([Case(1, T0, r)], T0))
+    out = plain(handle_cases.table([Case(1, T0, r)], T0))
     assert "c-1 ([bold]gold[/], Bobby [/] Tables)" in out
 
 
 def test_an_empty_table_says_there_is_nothing_to_do() -> None:
-    assert "nothing to do" in plain(handle.table([], T0, "logistics"))
+    assert "nothing to do" in plain(handle_cases.table([], T0, "logistics"))
 
 
 @pytest.mark.parametrize(
@@ -200,53 +202,53 @@ def test_an_empty_table_says_there_is_nothing_to_do() -> None:
     ],
 )
 def test_age_text(age: timedelta, text: str) -> None:
-    assert handle.age_text(age) == text
+    assert handle_cases.age_text(age) == text
 
 
 def test_a_resolution_is_published_as_the_contract_says() -> None:
     at = T0 + timedelta(hours=2)
-    answer = handle.resolution(record(A), "logistics", "resolved", at, "refund sent")
-    assert orjson.loads(handle.encode(answer)) == {
+    answer = handle_cases.resolution(record(A), "logistics", "resolved", at, "refund sent")
+    assert orjson.loads(handle_cases.encode(answer)) == {
         "exception_id": A,
         "handler": "logistics",
         "status": "resolved",
         "at": "2026-03-01T12:00:00Z",
         "note": "refund sent",
     }
-    bare = handle.resolution(record(A), "logistics", "acknowledged", at)
-    assert "note" not in orjson.loads(handle.encode(bare))
+    bare = handle_cases.resolution(record(A), "logistics", "acknowledged", at)
+    assert "note" not in orjson.loads(handle_cases.encode(bare))
 
 
 def test_lookup_by_full_id_unique_prefix_or_row_number() -> None:
-    cases = handle.fold([record(A), record(B), record(C)])
-    assert handle.lookup(cases, A, TOPIC).record.exception_id == A
-    assert handle.lookup(cases, "a2", TOPIC).record.exception_id == B
-    assert handle.lookup(cases, "c", TOPIC).record.exception_id == C
-    rows = handle.newest_first(cases)
-    assert handle.lookup(cases, "3", TOPIC, rows).record.exception_id == C
+    cases = handle_cases.fold([record(A), record(B), record(C)])
+    assert handle_cases.lookup(cases, A, TOPIC).record.exception_id == A
+    assert handle_cases.lookup(cases, "a2", TOPIC).record.exception_id == B
+    assert handle_cases.lookup(cases, "c", TOPIC).record.exception_id == C
+    rows = handle_cases.newest_first(cases)
+    assert handle_cases.lookup(cases, "3", TOPIC, rows).record.exception_id == C
 
 
 def test_an_unknown_id_names_the_handler_topic() -> None:
-    cases = handle.fold([record(A), record(B)])
+    cases = handle_cases.fold([record(A), record(B)])
     with pytest.raises(HandleError) as info:
-        handle.lookup(cases, "ff", TOPIC)
+        handle_cases.lookup(cases, "ff", TOPIC)
     assert str(info.value).startswith(f"no exception 'ff' on {TOPIC} (2 exceptions there)")
 
 
 def test_an_ambiguous_prefix_lists_what_it_matches() -> None:
-    cases = handle.fold([record(A), record(B), record(C)])
+    cases = handle_cases.fold([record(A), record(B), record(C)])
     with pytest.raises(HandleError) as info:
-        handle.lookup(cases, "a", TOPIC)
+        handle_cases.lookup(cases, "a", TOPIC)
     assert str(info.value) == (
         f"'a' matches 2 exceptions on {TOPIC} ({A[:12]}, {B[:12]}): give more of the id"
     )
 
 
 def test_a_number_is_a_row_on_screen_only_in_the_live_view() -> None:
-    cases = handle.fold([record("12ab" + "0" * 28)])
+    cases = handle_cases.fold([record("12ab" + "0" * 28)])
     with pytest.raises(HandleError, match="no row 12 on screen"):
-        handle.lookup(cases, "12", TOPIC, handle.newest_first(cases))
-    assert handle.lookup(cases, "12", TOPIC).number == 1
+        handle_cases.lookup(cases, "12", TOPIC, handle_cases.newest_first(cases))
+    assert handle_cases.lookup(cases, "12", TOPIC).number == 1
 
 
 @pytest.mark.parametrize(
@@ -259,13 +261,13 @@ def test_a_number_is_a_row_on_screen_only_in_the_live_view() -> None:
     ],
 )
 def test_parse_command(line: str, command: Command) -> None:
-    assert handle.parse_command(line) == command
+    assert handle_cases.parse_command(line) == command
 
 
 @pytest.mark.parametrize("line", ["r", "resolve 1", "a1", "delete 3"])
 def test_a_command_it_does_not_know_shows_the_usage(line: str) -> None:
     with pytest.raises(ValueError, match="type a N"):
-        handle.parse_command(line)
+        handle_cases.parse_command(line)
 
 
 class Recorder:
