@@ -11,9 +11,10 @@ import faust
 from pipeline.config import Config, Runtime
 from pipeline.durable import App
 from pipeline.metrics import Metrics
+from pipeline.routers.step import DispatchStep
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.topics import TICK_RETENTION, internal_name
-from pipeline.worker import TICK, DispatchStep, Ingest
+from pipeline.worker import TICK, Ingest
 
 log = logging.getLogger(__name__)
 _RAW: dict[str, Any] = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
-from pipeline.clock import NEVER, PartitionClock, PipelineClock
+from pipeline.clock import NEVER, PartitionClock
 from pipeline.config import Config
-from pipeline.detectors.base import Finding, epoch
+from pipeline.detectors.base import Finding
 from pipeline.engine import (
     DeadlineIndex,
     Engine,
@@ -41,8 +41,7 @@ from pipeline.errors import InvalidEvent
 from pipeline.ingest import parse_event
 from pipeline.metrics import Metrics
 from pipeline.models import DeadLetter, Resolution, SourcePosition
-from pipeline.routers.dispatch import Dispatcher, Routed, stamp
-from pipeline.routers.tree import redact
+from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.state import CustomerState, kept_json
 
@@ -62,12 +61,6 @@ class Message(Protocol):
     value: bytes | None
 
 
-class Output(Protocol):
-    """A topic records go to, acknowledged when `send` returns (re-key, exceptions)."""
-
-    async def send(self, key: bytes | None, value: bytes | None, headers: Any = None) -> None: ...
-
-
 @dataclass
 class Ingest:
     """Validates, dead-letters, re-keys and de-duplicates; runs the detectors; publishes."""
@@ -75,9 +68,9 @@ class Ingest:
     config: Config
     metrics: Metrics
     dlq: DeadLetterSink
-    rekey: Output
+    rekey: Sink
     rekey_topic: str
-    dispatch: Output  # the internal dispatch topic (one partition): routing happens there
+    dispatch: Sink  # the internal dispatch topic (one partition): routing happens there
     table: Any  # a Faust table (or a dict in tests): customer id bytes -> state bytes
     clocks_table: Any  # partition number (text) -> {"mark": clock, "wall": when recorded}
     engine: Engine = field(init=False)
@@ -321,188 +314,3 @@ class Ingest:
             error_class,
             reason,
         )
-
-
-_DELETED = object()
-
-
-class _Buffered(MutableMapping[str, dict[str, Any]]):
-    """The dispatch table as the dispatcher sees it: reads through, writes held back until
-    `flush()`, so a decision's records are acknowledged before its state is written."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-        self.pending: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        if key in self.pending:
-            value = self.pending[key]
-            if value is _DELETED:
-                raise KeyError(key)
-            return value  # type: ignore[no-any-return]
-        raw = self.table.get(key.encode())
-        if raw is None:
-            raise KeyError(key)
-        return orjson.loads(raw)  # type: ignore[no-any-return]
-
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self.pending[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self.pending[key] = _DELETED
-
-    def __iter__(self) -> Iterator[str]:
-        raise TypeError("the dispatch table is not iterated live; see Dispatcher.rebuild")
-
-    def __len__(self) -> int:
-        raise TypeError("the dispatch table is not sized live")
-
-    def flush(self) -> None:
-        for key, value in self.pending.items():
-            if value is _DELETED:
-                if self.table.get(key.encode()) is not None:
-                    del self.table[key.encode()]
-            else:
-                self.table[key.encode()] = kept_json(value)
-        self.pending.clear()
-
-
-async def _in_order(key: bytes, sends: list[tuple[Output, bytes]]) -> None:
-    """Send records with one key, each acknowledged before the next."""
-    for sink, value in sends:
-        await sink.send(key, value)
-
-
-@dataclass
-class DispatchStep:
-    """The single dispatch partition: exceptions and resolutions in, routed records out to the
-    handler topics and the exception log, within each handler's capacity; SLA escalations on
-    the same two clocks as deadlines (event time, wall clock when idle). Never raises."""
-
-    config: Config
-    metrics: Metrics
-    table: Any  # exception id bytes -> entry JSON
-    handler_sink: Any  # (topic name) -> Output
-    log_sink: Output  # casewatch.exceptions: every routed record
-    dlq: DeadLetterSink
-    topic: str  # the dispatch topic's name (for dead letters)
-    dispatcher: Dispatcher = field(init=False)
-    store: _Buffered = field(init=False)
-    clock: PipelineClock = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.store = _Buffered(self.table)
-        self.dispatcher = Dispatcher(self.config, self.store)
-        self.clock = PipelineClock()
-
-    def recovered(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        self.dispatcher.rebuild((k.decode(), orjson.loads(v)) for k, v in items)
-        self._gauges()
-        log.info("dispatch recovered: %s", self._counts())
-
-    async def handle(self, value: bytes | None, offset: int = -1) -> None:
-        try:
-            message = orjson.loads(value or b"{}")
-            out: list[Routed] = []
-            if "exception" in message:
-                record = message["exception"]
-                t = epoch(record["event_time"])
-                if "clock" in message:
-                    self.clock.report(message["clock"]["p"], message["clock"]["t"])
-                out += self.dispatcher.fire(self.clock.mark)
-                out += self.dispatcher.on_exception(record, t)
-            elif "resolution" in message:
-                resolution = message["resolution"]
-                t = epoch(resolution["at"])
-                out += self.dispatcher.fire(self.clock.mark)
-                out += self.dispatcher.on_resolution(resolution, t)
-                self.metrics.resolutions.labels(resolution["handler"], resolution["status"]).inc()
-            elif "clock" in message:  # a partition's clock moved (sent by its ticks)
-                clock = self.clock.report(message["clock"]["p"], message["clock"]["t"])
-                out += self.dispatcher.fire(clock)
-            await self._publish(out)
-            self.store.flush()
-            self._gauges()
-        except Exception as exc:
-            log.exception("internal error in dispatch")
-            self.store.pending.clear()
-            letter = DeadLetter(
-                reason=(
-                    f"Casewatch failed to route this record ({type(exc).__name__}: {exc}): "
-                    "report it with this record, then replay it onto the dispatch topic"
-                ),
-                error_class="dispatch_failed",
-                topic=self.topic,
-                partition=0,
-                offset=offset,
-            )
-            await self.dlq.send(None, value, letter)
-            self.metrics.dead_letters.labels(self.topic, "dispatch_failed").inc()
-
-    async def _publish(self, out: list[Routed]) -> None:
-        stamped = stamp([r for r in out if r.reason in ("escalation", "update", "reassigned")])
-        routed = [r for r in out if r.reason in ("normal", "overflow")] + stamped
-        # Every record is sent at once and all are acknowledged before the caller writes the
-        # table. Records with the same topic and key (one customer's records on one topic, e.g.
-        # an escalation then the update closing it) go one after the other, each acknowledged
-        # before the next is sent, as before: a retried send never lands after a later one.
-        chains: dict[tuple[str | None, bytes], list[tuple[Output, bytes]]] = {}
-        for r in routed:
-            key = str(r.record["customer_id"]).encode()
-            private = redact(r.record, self.config.handlers[r.handler].redact)
-            topic = self.config.handler_topic(r.handler)
-            chains.setdefault((topic, key), []).append(
-                (self.handler_sink(topic), orjson.dumps(private))
-            )
-            chains.setdefault((None, key), []).append((self.log_sink, orjson.dumps(r.record)))
-        sent = await asyncio.gather(
-            *(_in_order(key, sends) for (_, key), sends in chains.items()),
-            return_exceptions=True,
-        )
-        for result in sent:  # raised only once every send has settled
-            if isinstance(result, BaseException):
-                raise result
-        for r in routed:
-            if r.reason != "update":
-                self.metrics.routed.labels(r.handler, r.reason).inc()
-            log.info(
-                "routed: %s %s %s -> %s (%s)",
-                r.record["status"],
-                r.record["rule"],
-                r.record["exception_id"],
-                r.handler,
-                r.record["route"]["reason"],
-            )
-        for handler in self.dispatcher.breaches:
-            self.metrics.sla_breaches.labels(handler).inc()
-        self.dispatcher.breaches.clear()
-        for handler, seconds in self.dispatcher.resolved:
-            self.metrics.resolution_time.labels(handler).observe(seconds)
-        self.dispatcher.resolved.clear()
-
-    def _gauges(self) -> None:
-        wall = time.time()
-        self.metrics.table_entries.labels("dispatch").set(self.dispatcher.entries)
-        for name, handler in self.config.handlers.items():
-            count = self.dispatcher.open_count(name)
-            self.metrics.open_exceptions.labels(name).set(count)
-            self.metrics.capacity.labels(name).set(handler.capacity)
-            self.metrics.utilization.labels(name).set(count / handler.capacity)
-            oldest = self.dispatcher.oldest_open(name)
-            self.metrics.oldest_open_age.labels(name).set(
-                0.0 if oldest is None else max(0.0, wall - oldest)
-            )
-
-    def forget_gauges(self) -> None:
-        """This worker no longer owns dispatch: drop its per-handler gauges (no stale series)."""
-        for gauge in (
-            self.metrics.open_exceptions,
-            self.metrics.capacity,
-            self.metrics.utilization,
-            self.metrics.oldest_open_age,
-        ):
-            gauge.clear()
-        self.metrics.table_entries.labels("dispatch").set(0)
-
-    def _counts(self) -> str:
-        return " ".join(f"{h}={self.dispatcher.open_count(h)}" for h in self.config.handlers)

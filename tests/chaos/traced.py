@@ -35,6 +35,7 @@ from faust.sensors.base import SensorDelegate  # noqa: E402
 
 from pipeline import offsets, worker  # noqa: E402
 from pipeline.durable import App  # noqa: E402
+from pipeline.routers import step  # noqa: E402
 from pipeline.sinks.kafka import TopicSink  # noqa: E402
 
 _out = (Path(os.environ["CASEWATCH_TRACE_DIR"]) / f"trace-{os.getpid()}.jsonl").open(
@@ -88,7 +89,7 @@ def _routed(self: Any, _: Any, value: bytes | None, offset: int = -1) -> None:
     note("Q", o=offset, x=record.get("exception_id"), s=record.get("status"))
 
 
-_wrap(worker.DispatchStep, "handle", _routed)
+_wrap(step.DispatchStep, "handle", _routed)
 _wrap(
     offsets.SafeConsumer,
     "_commit",

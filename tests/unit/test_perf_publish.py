@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import Config, load_config
 from pipeline.metrics import Metrics
-from pipeline.worker import DispatchStep
+from pipeline.routers.step import DispatchStep
 
 CONFIG = """
 handlers:
