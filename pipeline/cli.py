@@ -13,9 +13,9 @@ from pathlib import Path
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline import __version__, demo, handle, report
+from pipeline.access import check_access, explain
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import ConfigError, KafkaAccessError
-from pipeline.security import check_access, explain
 
 EXIT_CONFIG = 2
 

@@ -36,6 +36,7 @@ from rich.live import Live
 from rich.text import Text
 
 from pipeline import models
+from pipeline.access import explain
 from pipeline.config import Config, Runtime, load_config
 from pipeline.errors import HandleError
 from pipeline.handle_cases import (
@@ -51,7 +52,6 @@ from pipeline.handle_cases import (
 )
 from pipeline.handle_kafka import collect, follow, publish, resolutions_producer
 from pipeline.models import ExceptionRecord, ResolutionStatus
-from pipeline.security import explain
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"
