@@ -9,14 +9,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import TopicAuthorizationFailedError
 from pydantic import ValidationError
 
 from pipeline.config import Runtime
 from pipeline.errors import HandleError
 from pipeline.handle_cases import Case, encode, fold
 from pipeline.models import ExceptionRecord, Resolution
+from pipeline.topics import partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +52,13 @@ async def follow(
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="casewatch-handle",
-        **Runtime.from_env().security.aiokafka_kwargs(),
-    )
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found = [
-        TopicPartition(topic, p["partition"])
-        for d in described
-        if d["topic"] == topic and d["error_code"] == 0
-        for p in d["partitions"]
-    ]
-    if any(d["error_code"] == TopicAuthorizationFailedError.errno for d in described):
-        raise TopicAuthorizationFailedError(topic)  # not "does not exist": no ACL to see it
-    if not found:
+    found = await partitions_of(bootstrap, [topic], "casewatch-handle")
+    if topic not in found:
         raise HandleError(
             f"topic {topic} does not exist on Kafka at {bootstrap}: check the handler's topic "
             "in the config (topics.handler_prefix + name, or its `topic`)"
         )
-    return found
+    return found[topic]
 
 
 def _decode(message: Any) -> ExceptionRecord | None:

@@ -29,16 +29,17 @@ from typing import IO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 from rich.console import Console
 
+from pipeline.access import explain
 from pipeline.config import Runtime, load_config
 from pipeline.errors import ReportError
 from pipeline.models import ExceptionRecord
 from pipeline.report_cases import Loaded, analyse
 from pipeline.report_output import print_report, render_html
+from pipeline.topics import partitions_of
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 PLAIN_WIDTH = 200  # piped output
@@ -109,20 +110,10 @@ async def read_topics(bootstrap: str, topics: Sequence[str], errors: IO[str]) ->
 
 
 async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="casewatch-report",
-        **Runtime.from_env().security.aiokafka_kwargs(),
-    )
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
-    found = {d["topic"]: d["partitions"] for d in described if d["error_code"] == 0}
-    if missing := [t for t in topics if not found.get(t)]:
+    found = await partitions_of(bootstrap, topics, "casewatch-report")
+    if missing := [t for t in topics if t not in found]:
         raise ReportError(f"topic {', '.join(missing)} does not exist on Kafka at {bootstrap}")
-    return [TopicPartition(t, p["partition"]) for t in topics for p in found[t]]
+    return [tp for t in topics for tp in found[t]]
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -179,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return _fail(f"cannot reach Kafka at {bootstrap}: {fix}", EXIT_FAILED)
     except KafkaError as exc:
-        return _fail(f"Kafka at {bootstrap}: {exc}", EXIT_FAILED)
+        why = explain(exc, bootstrap, Runtime.from_env().security)  # e.g. no ACL for a topic
+        return _fail(why or f"Kafka at {bootstrap}: {exc}", EXIT_FAILED)
     if not loaded.records:
         return _fail(f"no exception records in {loaded.source}", EXIT_FAILED)
     report = analyse(loaded, args.top)

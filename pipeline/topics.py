@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from aiokafka import errors
+from aiokafka import TopicPartition, errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import Config, Runtime
@@ -123,3 +124,32 @@ async def ensure(config: Config, bootstrap: str) -> list[tuple[TopicSpec, str]]:
         return report
     finally:
         await admin.close()
+
+
+async def partitions_of(
+    bootstrap: str, topics: Sequence[str], client_id: str
+) -> dict[str, list[TopicPartition]]:
+    """The partitions of each topic that exists (a topic missing from the result does not).
+    A topic this client may not see raises `TopicAuthorizationFailedError`: not "does not
+    exist", which would send the user looking for a typo instead of an ACL."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        **Runtime.from_env().security.aiokafka_kwargs(),
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    if denied := [
+        d["topic"]
+        for d in described
+        if d["error_code"] == errors.TopicAuthorizationFailedError.errno
+    ]:
+        raise errors.TopicAuthorizationFailedError(*denied)
+    return {
+        d["topic"]: [TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]]
+        for d in described
+        if d["error_code"] == 0 and d["partitions"]
+    }

@@ -230,6 +230,20 @@ def test_a_handler_reading_another_handlers_topic_is_denied(
         f"{prefix}.handler.vip (TopicAuthorizationFailedError): ask the cluster's admin for an "
         "ACL, or check that this is the right user\n"
     )
+    # The pattern report on that topic: the same refusal, not "does not exist".
+    report = casewatch(
+        "report",
+        "--topic",
+        f"{prefix}.handler.vip",
+        config=config_file,
+        env=broker.env("logistics"),
+        ok=False,
+    )
+    assert report.returncode == 1
+    assert report.stderr.startswith(
+        f"casewatch: report: Kafka denied KAFKA_SASL_USERNAME=logistics access to topic "
+        f"{prefix}.handler.vip (TopicAuthorizationFailedError)"
+    ), report.stderr
     # vip itself may: the refusal is the ACL, not the topic.
     own = casewatch("handle", "vip", "--once", config=config_file, env=broker.env("vip"))
     assert f"vip · {prefix}.handler.vip" in own.stdout
