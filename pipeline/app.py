@@ -17,6 +17,8 @@ from pipeline.topics import TICK_RETENTION, internal_name
 from pipeline.worker import TICK, Ingest
 
 log = logging.getLogger(__name__)
+FETCH_BYTES = 512 * 1024  # per partition and fetch (aiokafka's max_partition_fetch_bytes)
+POLL_RECORDS = 2000  # records decoded and handed to Faust at a time (max_poll_records)
 _RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -52,7 +54,13 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         broker_heartbeat_interval=min(3.0, p.session_timeout.total_seconds() / 3),
         # Room for a dead letter that carries an oversized original unchanged.
         producer_max_request_size=4 * 1024 * 1024,
-        consumer_max_fetch_size=4 * 1024 * 1024,
+        # What a worker that falls behind holds in fetched records it has not processed yet:
+        # at most this per partition as raw bytes, and this many decoded at a time. With 4 MiB
+        # a lagging worker held 40,000 decoded records and grew by 44 MiB (docs/performance.md,
+        # "Where a soak's memory goes"). A record larger than this still comes through: the
+        # broker returns a first record batch whatever its size.
+        consumer_max_fetch_size=FETCH_BYTES,
+        broker_max_poll_records=POLL_RECORDS,
     )
     # Offsets the broker did not send: counted and logged (pipeline/offsets.py).
     app.on_offset_gap = lambda tp, first, last: metrics.offset_gaps.labels(tp.topic).inc()
