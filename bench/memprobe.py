@@ -39,6 +39,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, from anywhere
 
+from bench.procs import rss_mb
+
 MiB = 2**20
 
 
@@ -72,13 +74,6 @@ def _mallinfo() -> dict[str, float]:
         "heap_free": round(info.fordblks / MiB, 2),
         "mmapped": round(info.hblkhd / MiB, 2),
     }
-
-
-def _rss() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 _PYMALLOC = {
@@ -119,7 +114,7 @@ def sample() -> dict[str, object]:
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     return {
         "t": round(time.time(), 1),
-        "rss": round(_rss(), 1),
+        "rss": round(rss_mb()[0], 1),
         **_mallinfo(),
         "py_blocks": sys.getallocatedblocks(),
         **_pymalloc(),

@@ -58,6 +58,16 @@ def create_topics(config: Path, bootstrap: str) -> None:
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB, from /proc/<pid>/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(rest.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
 @dataclass
 class Worker:
     """One `casewatch worker` process."""
@@ -116,12 +126,7 @@ class Worker:
 
     def rss_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) of the worker process in MiB, from /proc/<pid>/status."""
-        fields = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                fields[name] = int(rest.split()[0]) / 1024
-        return fields["VmRSS"], fields["VmHWM"]
+        return rss_mb(self.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the worker process so far (all its threads)."""
