@@ -11,10 +11,10 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
 - `faust-noop`: one agent over the two source topics (raw bytes, the worker's settings and its
   consumer, pipeline/durable.py), iterating `stream.events()` and doing nothing;
 - `faust-parse`: the same, validating each value with `parse_event`;
-- `faust-table`: + one write per event of a ~900-byte value to a changelog-backed table, as the
-  worker writes a customer's state;
+- `faust-table`: + one write per event of a ~900-byte value to a changelog-backed table, through
+  Faust's `Table.__setitem__` (as the worker wrote a customer's state before `StateTable`);
 - `fast-table`: the same write to the table's store, its changelog record sent with the
-  producer directly (as a leaner changelog writer would), not through Faust's `Table.__setitem__`;
+  producer directly (`pipeline.durable.StateTable`, as the worker writes a customer's state);
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
 - `worker`: `python -m pipeline worker` itself (every default rule, routing, context, metrics),
@@ -65,7 +65,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         return
     import faust
 
-    from pipeline.durable import App
+    from pipeline.durable import App, StateTable
     from pipeline.ingest import parse_event
 
     raw: dict[str, Any] = {
@@ -102,8 +102,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         schema=faust.Schema(**raw),
         use_partitioner=variant.startswith("take"),
     )
-    changelog = table.changelog_topic.get_topic_name()
-    buffer: Any = None
+    direct = StateTable(app, table)
     seen = [0]
     marks: dict[str, float] = {}
 
@@ -123,19 +122,14 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
             os._exit(0)
 
     async def per_event(stream: Any) -> None:
-        nonlocal buffer
-        buffer = app.producer.buffer
         async for event in stream.events():
             msg = event.message
             if not variant.endswith("noop"):
                 parse_event(msg.value)
             if variant == "faust-table":
                 table[msg.key] = STATE
-            elif variant == "fast-table":  # the store, and the changelog record sent directly
-                table.data[msg.key] = STATE
-                sent = await app.producer.send(changelog, msg.key, STATE, msg.partition, None, None)
-                buffer.unacked.add(sent)  # the next commit waits for it (pipeline/durable.py)
-                sent.add_done_callback(buffer.unacked.discard)  # type: ignore[attr-defined]
+            elif variant == "fast-table":  # as the worker writes (pipeline/durable.py)
+                await direct.put(msg.key, STATE, msg.partition)
             count(1)
 
     async def batched(stream: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 from pipeline.config import Config, Runtime
-from pipeline.durable import App
+from pipeline.durable import App, StateTable
 from pipeline.metrics import Metrics
 from pipeline.routers.step import DispatchStep
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
@@ -95,7 +95,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         rekey=TopicSink(rekey),
         rekey_topic=rekey_name,
         dispatch=TopicSink(dispatch),
-        table=customers,
+        table=StateTable(app, customers),
         clocks_table=_TextKeys(clocks),
     )
     entries = _table(app, "dispatch", 1)

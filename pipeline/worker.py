@@ -71,7 +71,8 @@ class Ingest:
     rekey: Sink
     rekey_topic: str
     dispatch: Sink  # the internal dispatch topic (one partition): routing happens there
-    table: Any  # a Faust table (or a dict in tests): customer id bytes -> state bytes
+    # customer id bytes -> state bytes: `durable.StateTable` (get, async put to a partition)
+    table: Any
     clocks_table: Any  # partition number (text) -> {"mark": clock, "wall": when recorded}
     engine: Engine = field(init=False)
     index: DeadlineIndex = field(default_factory=DeadlineIndex)
@@ -147,7 +148,9 @@ class Ingest:
         if findings:  # acknowledged before the state is written
             source = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
             await self._publish(findings, new, source, msg.partition, now)
-        self.table[customer] = new.to_bytes(self.config.pipeline.compress_state)
+        await self.table.put(
+            customer, new.to_bytes(self.config.pipeline.compress_state), msg.partition
+        )
         self._index(msg.partition, customer, new)
         # Other customers of this partition whose deadline this event's time has passed.
         await self._fire_due(msg.partition, now)
@@ -192,7 +195,9 @@ class Ingest:
             state = CustomerState.from_bytes(self.table.get(msg.key))
             updated = without_open(state, resolution.exception_id)
             if updated is not state:
-                self.table[msg.key] = updated.to_bytes(self.config.pipeline.compress_state)
+                await self.table.put(
+                    msg.key, updated.to_bytes(self.config.pipeline.compress_state), msg.partition
+                )
 
     async def tick(self, partition: int) -> None:
         """A clock tick for `partition`: fire every deadline its clock has passed. Never raises."""
@@ -238,7 +243,9 @@ class Ingest:
             state = CustomerState.from_bytes(self.table.get(customer))
             new, findings = self.engine.fire(state, now)
             await self._publish(findings, new, None, partition, now)
-            self.table[customer] = new.to_bytes(self.config.pipeline.compress_state)
+            await self.table.put(
+                customer, new.to_bytes(self.config.pipeline.compress_state), partition
+            )
             self._index(partition, customer, new)
 
     async def _publish(

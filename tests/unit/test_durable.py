@@ -165,3 +165,39 @@ def test_a_flush_waits_for_earlier_changes_only_so_steady_input_cannot_starve_a_
         return input_still_running
 
     assert asyncio.run(scenario())  # the flush returned while the input went on
+
+
+def test_a_change_sent_around_the_buffer_holds_the_flush_until_it_is_acknowledged() -> None:
+    """`StateTable` sends the customers' changelog records to the producer directly: the
+    commit's flush must wait for them, and fail on a refusal, as for the buffer's own."""
+
+    async def scenario(refuse: bool) -> list[str]:
+        app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+        buffer = DurableBuffer()
+        buffer.app = app
+        await buffer.start()
+        events: list[str] = []
+        sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        buffer.track(sent, "casewatch-customers-changelog")
+
+        def ack() -> None:
+            events.append("acked")
+            if refuse:
+                sent.set_exception(RuntimeError("NotEnoughReplicasError"))
+            else:
+                sent.set_result(None)
+
+        asyncio.get_running_loop().call_later(0.2, ack)
+        try:
+            await buffer.flush()
+            events.append("flushed")
+        except ChangelogNotWritten as exc:
+            events.append(f"refused: {exc}")
+        await buffer.stop()
+        return events
+
+    assert asyncio.run(scenario(refuse=False)) == ["acked", "flushed"]
+    acked, refused = asyncio.run(scenario(refuse=True))
+    assert acked == "acked"
+    assert "1 table changes were refused" in refused
+    assert "casewatch-customers-changelog" in refused
