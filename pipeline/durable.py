@@ -59,18 +59,12 @@ class DurableBuffer(ProducerBuffer):
         self.flush_timeout = FLUSH_TIMEOUT
 
     def put(self, fut: FutureMessage) -> None:
-        self.unacked.add(fut)
-        fut.add_done_callback(self._done)
+        self.track(fut, fut.message.channel.get_topic_name())
         super().put(fut)
 
-    def _done(self, fut: Any) -> None:
-        self.unacked.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.failed.append((fut.message.channel.get_topic_name(), fut.exception()))
-
     def track(self, sent: asyncio.Future[Any], topic: str) -> None:
-        """A changelog record sent around the buffer (`StateTable`): the next flush waits for
-        it, and a refusal fails that flush, as for a record put in the buffer."""
+        """A record the next flush waits for; a refusal fails that flush. Records put in the
+        buffer are tracked here, and so are those sent around it (`StateTable`)."""
         self.unacked.add(sent)
         sent.add_done_callback(partial(self._sent, topic))
 
@@ -136,16 +130,14 @@ class StateTable:
         value: bytes | None = self.table.data.get(key)
         return value
 
-    def items(self) -> Any:
-        return self.table.data.items()
-
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.table.data[key] = value
         producer = await self.app.maybe_start_producer()
         sent = cast(
             "asyncio.Future[Any]",
             await producer.send(self.changelog, key, value, partition, None, None),
         )
+        self.table.data[key] = value  # after the send, as Faust does: a send that raises
+        # leaves the store as the changelog has it
         buffer = self.app.producer.buffer
         if isinstance(buffer, DurableBuffer):
             buffer.track(sent, self.changelog)
