@@ -110,8 +110,9 @@ class StateTable:
 
     `Table.__setitem__` sends each change as a `FutureMessage` through the topic's serializers,
     the producer buffer's queue and its sending task, with Faust's sensors at each step. For the
-    customers table, written once per event, that is a fifth of a worker's CPU for the write
-    (bench/floor.py: `faust-table` against `fast-table`, docs/performance.md). Here the value
+    customers table, written once per event, that costs about 60 us per write (bench/floor.py:
+    `faust-table` against `fast-table`); a worker does about 9% more events per CPU second
+    without it (docs/performance.md, "Changes I would make", item 9). Here the value
     goes into the table's store and its changelog record to Faust's producer directly (the
     transaction manager under exactly-once, as Faust picks it), to the partition of the event
     being handled, as `Table.__setitem__` does. `DurableBuffer` tracks the record, so an offset
@@ -138,9 +139,7 @@ class StateTable:
         )
         self.table.data[key] = value  # after the send, as Faust does: a send that raises
         # leaves the store as the changelog has it
-        buffer = self.app.producer.buffer
-        if isinstance(buffer, DurableBuffer):
-            buffer.track(sent, self.changelog)
+        cast(DurableBuffer, self.app.producer.buffer).track(sent, self.changelog)  # our App's
         sent.add_done_callback(self._persisted)
 
     def _persisted(self, sent: asyncio.Future[Any]) -> None:
