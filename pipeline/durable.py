@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -81,6 +81,8 @@ class DurableBuffer(ProducerBuffer):
                 fut.set_exception(exc)
 
     async def flush(self) -> None:
+        # The table writes held back (`StateTable`) go out first: they are before this flush.
+        await cast(App, self.app).send_held_writes()
         # Only what was put before this flush: the offsets being committed were acked after
         # their table writes were put. Waiting for later puts too would starve the commit
         # under steady input.
@@ -106,41 +108,90 @@ class DurableBuffer(ProducerBuffer):
 
 
 class StateTable:
-    """A changelog-backed Faust table written without Faust's per-write machinery.
+    """A changelog-backed Faust table written without Faust's per-write machinery, its
+    changelog records held briefly and sent together.
 
     `Table.__setitem__` sends each change as a `FutureMessage` through the topic's serializers,
     the producer buffer's queue and its sending task, with Faust's sensors at each step. For the
     customers table, written once per event, that costs about 60 us per write (bench/floor.py:
     `faust-table` against `fast-table`); a worker does about 9% more events per CPU second
-    without it (docs/performance.md, "Changes I would make", item 9). Here the value
-    goes into the table's store and its changelog record to Faust's producer directly (the
-    transaction manager under exactly-once, as Faust picks it), to the partition of the event
-    being handled, as `Table.__setitem__` does. `DurableBuffer` tracks the record, so an offset
-    commit still waits for it, and the store's persisted offset is kept as Faust keeps it.
+    without it (docs/performance.md, "Changes I would make", item 9). Here the value goes into
+    the table's store at once (reads see it) and its changelog record is held: at most
+    `HOLD_SECONDS` or `HOLD_RECORDS` records later, and always before offsets are committed
+    (`App.send_held_writes`, called by the commit's flush and, under exactly-once, before the
+    transaction commits), the held records go to Faust's producer together (the transaction
+    manager under exactly-once, as Faust picks it), each to the partition of the event that
+    wrote it. Sent one by one, each record was a produce request of its own (`linger` 0: the
+    events' own outputs must not wait); sent together they share one request per partition.
+    A customer written twice while held is sent once, with its last value: the changelog is
+    compacted, only the last value counts.
+
+    `DurableBuffer` tracks every record sent, so an offset commit waits for it; a send that
+    raises fails that commit as a refusal does (the worker stops, and its restart reads the
+    events again and rebuilds the table from the changelog). The store's persisted offset is
+    kept as Faust keeps it (RocksDB).
 
     Every write to the table must come through here: records for one key sent by two paths
     could reach the changelog out of order. Reads and recovery are Faust's.
     """
 
-    def __init__(self, app: faust.App, table: Any) -> None:
+    HOLD_SECONDS = 0.05
+    HOLD_RECORDS = 1000
+
+    def __init__(self, app: App, table: Any) -> None:
         self.app = app
         self.table = table
         self.changelog: str = table.changelog_topic.get_topic_name()
+        self.held: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, partition)
+        self._sending = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: asyncio.Task[None] | None = None
+        app.held_writes.append(self.send_held)
 
     def get(self, key: bytes) -> bytes | None:
         value: bytes | None = self.table.data.get(key)
         return value
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        producer = await self.app.maybe_start_producer()
-        sent = cast(
-            "asyncio.Future[Any]",
-            await producer.send(self.changelog, key, value, partition, None, None),
-        )
-        self.table.data[key] = value  # after the send, as Faust does: a send that raises
-        # leaves the store as the changelog has it
-        cast(DurableBuffer, self.app.producer.buffer).track(sent, self.changelog)  # our App's
-        sent.add_done_callback(self._persisted)
+        self.table.data[key] = value
+        self.held[key] = (value, partition)
+        if len(self.held) >= self.HOLD_RECORDS:
+            await self.send_held()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
+
+    def _send_due(self) -> None:
+        self._timer = None
+        if self.held and (self._due is None or self._due.done()):
+            self._due = asyncio.ensure_future(self.send_held())
+
+    async def send_held(self) -> None:
+        """Hand every held record to the producer. Never raises: a send that fails is
+        recorded on the buffer, whose next flush (before a commit) raises."""
+        async with self._sending:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            held, self.held = self.held, {}
+            if not held:
+                return
+            buffer = cast(DurableBuffer, self.app.producer.buffer)  # our App's
+            try:
+                producer = await self.app.maybe_start_producer()
+            except Exception as exc:
+                buffer.failed.extend((self.changelog, exc) for _ in held)
+                return
+            for key, (value, partition) in held.items():
+                try:
+                    sent = cast(
+                        "asyncio.Future[Any]",
+                        await producer.send(self.changelog, key, value, partition, None, None),
+                    )
+                except Exception as exc:
+                    buffer.failed.append((self.changelog, exc))
+                    continue
+                buffer.track(sent, self.changelog)
+                sent.add_done_callback(self._persisted)
 
     def _persisted(self, sent: asyncio.Future[Any]) -> None:
         if not sent.cancelled() and sent.exception() is None:
@@ -153,6 +204,15 @@ class App(faust.App):
 
     # Called with (tp, first, last) for offsets the broker did not send (pipeline/offsets.py).
     on_offset_gap: Callable[[Any, int, int], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Each sends the table writes it holds (`StateTable`); all run before offsets commit.
+        self.held_writes: list[Callable[[], Awaitable[None]]] = []
+
+    async def send_held_writes(self) -> None:
+        for send in self.held_writes:
+            await send()
 
     def _new_consumer(self) -> ConsumerT:
         return SafeConsumer(

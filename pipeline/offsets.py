@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -124,6 +124,18 @@ class SafeConsumer(Consumer):
                 return None
         offset: int | None = super()._new_offset(tp)
         return offset
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        # Table writes held back (pipeline/durable.py, `StateTable`) go out before any commit.
+        # Without transactions the commit's flush sends them too; under exactly-once nothing
+        # flushes before the transaction commits, and they must be in it.
+        await cast(Any, self.app).send_held_writes()  # our App (pipeline/durable.py)
+        committed: bool = await super()._commit_offsets(
+            offsets, start_new_transaction=start_new_transaction
+        )
+        return committed
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         log.warning(

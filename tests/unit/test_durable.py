@@ -12,7 +12,7 @@ import pytest
 from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage, PendingMessage
 
-from pipeline.durable import ChangelogNotWritten, DurableBuffer, local_state_guard
+from pipeline.durable import App, ChangelogNotWritten, DurableBuffer, StateTable, local_state_guard
 
 
 class SlowTopic:
@@ -43,7 +43,7 @@ def message(topic: SlowTopic, key: bytes) -> FutureMessage:
 
 
 async def run(buffer_type: type[ProducerBuffer], topic: SlowTopic, n: int) -> list[Any]:
-    app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+    app = App("durable-test", autodiscover=False, web_enabled=False)
     buffer = buffer_type()
     buffer.app = app
     await buffer.start()
@@ -83,7 +83,7 @@ def test_a_refused_change_fails_the_flush_so_no_offset_is_committed() -> None:
 
 def test_a_broker_that_never_acknowledges_fails_the_flush_after_the_timeout() -> None:
     async def scenario() -> None:
-        app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+        app = App("durable-test", autodiscover=False, web_enabled=False)
         buffer = DurableBuffer()
         buffer.app = app
         buffer.flush_timeout = 0.3
@@ -144,7 +144,7 @@ def test_the_memory_store_has_no_marker(tmp_path: Any) -> None:
 
 def test_a_flush_waits_for_earlier_changes_only_so_steady_input_cannot_starve_a_commit() -> None:
     async def scenario() -> bool:
-        app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+        app = App("durable-test", autodiscover=False, web_enabled=False)
         buffer = DurableBuffer()
         buffer.app = app
         await buffer.start()
@@ -172,7 +172,7 @@ def test_a_change_sent_around_the_buffer_holds_the_flush_until_it_is_acknowledge
     commit's flush must wait for them, and fail on a refusal, as for the buffer's own."""
 
     async def scenario(refuse: bool) -> list[str]:
-        app = faust.App("durable-test", autodiscover=False, web_enabled=False)
+        app = App("durable-test", autodiscover=False, web_enabled=False)
         buffer = DurableBuffer()
         buffer.app = app
         await buffer.start()
@@ -201,3 +201,109 @@ def test_a_change_sent_around_the_buffer_holds_the_flush_until_it_is_acknowledge
     assert acked == "acked"
     assert "1 table changes were refused" in refused
     assert "casewatch-customers-changelog" in refused
+
+
+class Changelog:
+    """The customers table's changelog as `StateTable` sees it: a producer whose records the
+    broker acknowledges after `ack` s (or refuses, or that raises on send)."""
+
+    def __init__(self, ack: float = 0.05, refuse: bool = False, raises: bool = False) -> None:
+        self.ack, self.refuse, self.raises = ack, refuse, raises
+        self.sent: list[tuple[bytes, bytes, int]] = []
+        self.acked: list[bytes] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int, *_: Any) -> Any:
+        if self.raises:
+            raise RuntimeError("KafkaTimeoutError: the accumulator stayed full")
+        self.sent.append((key, value, partition))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.ack, self._deliver, fut, key)
+        return fut
+
+    def _deliver(self, fut: asyncio.Future[Any], key: bytes) -> None:
+        if self.refuse:
+            fut.set_exception(RuntimeError("NotEnoughReplicasError"))
+        else:
+            self.acked.append(key)
+            fut.set_result(None)
+
+
+class Store:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.persisted: list[Any] = []
+        self.changelog_topic = self
+
+    def get_topic_name(self) -> str:
+        return "casewatch-customers-changelog"
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        self.persisted.append(fut)
+
+
+async def state_table(changelog: Changelog) -> tuple[StateTable, Store, DurableBuffer]:
+    app = App("durable-test", autodiscover=False, web_enabled=False)
+    buffer = DurableBuffer()
+    buffer.app = app
+    await buffer.start()
+    producer: Any = type("Producer", (), {"buffer": buffer})()
+    app._producer = producer
+
+    async def started() -> Any:
+        return changelog
+
+    app.maybe_start_producer = started  # type: ignore[method-assign]
+    store = Store()
+    return StateTable(app, store), store, buffer
+
+
+def test_a_held_state_write_is_read_at_once_and_reaches_the_changelog_before_the_commit() -> None:
+    async def scenario() -> tuple[bytes | None, list[Any], list[bytes], int]:
+        changelog = Changelog()
+        table, store, buffer = await state_table(changelog)
+        await table.put(b"c-1", b"first", 2)
+        await table.put(b"c-2", b"other", 4)
+        await table.put(b"c-1", b"second", 2)  # the same customer again while held
+        read = table.get(b"c-1")
+        sent_before_flush = list(changelog.sent)
+        await buffer.flush()  # what the commit does before it commits offsets
+        await buffer.stop()
+        return read, sent_before_flush, changelog.acked, len(store.persisted)
+
+    read, sent_before_flush, acked, persisted = asyncio.run(scenario())
+    assert read == b"second"  # the next event of the customer sees its state
+    assert sent_before_flush == []  # held, not one request per write
+    assert sorted(acked) == [b"c-1", b"c-2"]  # acknowledged before the flush returned
+    assert persisted == 2
+
+
+def test_a_held_write_goes_out_with_its_last_value_when_the_hold_ends_without_a_commit() -> None:
+    async def scenario() -> list[tuple[bytes, bytes, int]]:
+        changelog = Changelog()
+        table, _, buffer = await state_table(changelog)
+        await table.put(b"c-1", b"first", 2)
+        await table.put(b"c-1", b"second", 2)
+        await asyncio.sleep(StateTable.HOLD_SECONDS * 3)
+        await buffer.stop()
+        return changelog.sent
+
+    assert asyncio.run(scenario()) == [(b"c-1", b"second", 2)]
+
+
+@pytest.mark.parametrize("failure", ["refused", "send raised"])
+def test_a_held_write_that_fails_fails_the_commit(failure: str) -> None:
+    async def scenario() -> str:
+        changelog = Changelog(refuse=failure == "refused", raises=failure == "send raised")
+        table, _, buffer = await state_table(changelog)
+        await table.put(b"c-1", b"state", 0)
+        try:
+            await buffer.flush()
+            return "committed"
+        except ChangelogNotWritten as exc:
+            return str(exc)
+        finally:
+            await buffer.stop()
+
+    outcome = asyncio.run(scenario())
+    assert "1 table changes were refused" in outcome
+    assert "casewatch-customers-changelog" in outcome
