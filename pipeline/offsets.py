@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -194,11 +194,22 @@ class SafeConsumer(Consumer):
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        delivery = callback(message)
-                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                        # changed: Faust races every delivery against the flow's suspension
+                        # (a rebalance) with four tasks; a delivery that can run to its end at
+                        # once (the agent's queue has room) needs no race, so only one that
+                        # has to wait becomes a task and races (`start`)
+                        if self.suspend_flow.is_set():
+                            self.reread = True
+                            break
+                        # the conductor's on_message, an async def
+                        delivery = start(cast(Coroutine[Any, Any, None], callback(message)))
+                        if delivery is not None:
+                            waited = await self.wait_first(delivery, self.suspend_flow.wait())
                         # changed: a delivery cut by a rebalance, or made across a seek or a
                         # clear, may not have reached its agent: not read
-                        if self.epoch != epoch or delivery not in waited.done:
+                        if self.epoch != epoch or (
+                            delivery is not None and delivery not in waited.done
+                        ):
                             self.reread = True
                             break
                         read_offset[tp] = offset
@@ -218,6 +229,43 @@ class SafeConsumer(Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+    """Run `coro` at once up to its first wait: None when it ended without waiting (an
+    exception it raised is raised here), otherwise a task that runs the rest of it, as
+    `asyncio.ensure_future(coro)` would have run all of it. Saves the task, and the loop
+    iteration before it starts, for a coroutine that usually does not wait."""
+    try:
+        step = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_rest(coro, step))
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], step: Any) -> Any:
+    # What asyncio's Task does with each step of a coroutine: `step` is the future it waits
+    # for (None: it only yields once, as `asyncio.sleep(0)` does). Cancelling this task
+    # cancels that future and throws CancelledError into the coroutine, as for a Task.
+    while True:
+        try:
+            if step is None:
+                await asyncio.sleep(0)
+            else:
+                step._asyncio_future_blocking = False
+                await asyncio.wait((step,))
+        except asyncio.CancelledError as exc:
+            if step is not None:
+                step.cancel()
+            try:
+                step = coro.throw(exc)
+            except StopIteration as end:
+                return end.value
+            continue
+        try:
+            step = coro.send(None)
+        except StopIteration as end:
+            return end.value
 
 
 class WatchedFlowControl(FlowControlEvent):

@@ -252,7 +252,7 @@ async def state_table(changelog: Changelog) -> tuple[StateTable, Store, DurableB
     async def started() -> Any:
         return changelog
 
-    app.maybe_start_producer = started  # type: ignore[method-assign]
+    app.maybe_start_producer = started
     store = Store()
     return StateTable(app, store), store, buffer
 

@@ -15,7 +15,7 @@ from faust.types import TP
 from mode import Service
 
 from pipeline.durable import App
-from pipeline.offsets import SafeConsumer
+from pipeline.offsets import SafeConsumer, start
 
 TOPIC = "casewatch.interactions"
 PART = TP(TOPIC, 0)
@@ -300,3 +300,83 @@ def test_a_failed_seek_is_tried_again_before_fetching_on() -> None:
 
     delivered = asyncio.run(scenario())
     assert after_seek(delivered) == list(range(100, 106))
+
+
+def test_a_delivery_that_need_not_wait_runs_at_once_and_one_that_waits_runs_as_a_task() -> None:
+    """`start`: the fetch loop's deliveries (the conductor's on_message) usually end without
+    waiting; only those that wait (the agent's queue full) become a task that races a rebalance."""
+
+    async def scenario() -> list[str]:
+        steps: list[str] = []
+        room = asyncio.get_running_loop().create_future()
+
+        async def deliver(name: str, wait: bool) -> str:
+            steps.append(f"{name} begins")
+            if wait:
+                await room
+            steps.append(f"{name} delivered")
+            return name
+
+        assert start(deliver("a", wait=False)) is None
+        steps.append("a returned")
+        waiting = start(deliver("b", wait=True))
+        assert waiting is not None
+        steps.append("b returned")
+        await asyncio.sleep(0.01)
+        room.set_result(None)
+        assert await waiting == "b"
+        return steps
+
+    assert asyncio.run(scenario()) == [
+        "a begins",
+        "a delivered",
+        "a returned",
+        "b begins",
+        "b returned",
+        "b delivered",
+    ]
+
+
+def test_a_waiting_delivery_cancelled_by_a_rebalance_stops_where_it_waits() -> None:
+    """Cancelling the task (wait_first does when the flow is suspended first) cancels what the
+    delivery waits for and throws CancelledError into it, as for any asyncio task: the record
+    never reaches the agent's queue."""
+
+    async def scenario() -> tuple[list[str], bool, bool]:
+        steps: list[str] = []
+        room = asyncio.get_running_loop().create_future()
+
+        async def deliver() -> None:
+            try:
+                await room
+                steps.append("delivered")
+            except asyncio.CancelledError:
+                steps.append("cancelled while waiting")
+                raise
+
+        waiting = start(deliver())
+        assert waiting is not None
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return steps, room.cancelled(), waiting.cancelled()
+
+    assert asyncio.run(scenario()) == (["cancelled while waiting"], True, True)
+
+
+def test_an_error_in_a_delivery_reaches_the_fetch_loop_before_or_after_a_wait() -> None:
+    async def fails(wait: bool) -> None:
+        if wait:
+            await asyncio.sleep(0)
+        raise ValueError("cannot decode")
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="cannot decode"):
+            start(fails(wait=False))
+        waiting = start(fails(wait=True))
+        assert waiting is not None
+        with pytest.raises(ValueError, match="cannot decode"):
+            await waiting
+
+    asyncio.run(scenario())
