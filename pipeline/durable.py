@@ -145,7 +145,8 @@ class StateTable:
         self.held: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, partition)
         self._sending = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._due: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # started by the timer (the loop keeps
+        # only weak references to tasks)
         app.held_writes.append(self.send_held)
 
     def get(self, key: bytes) -> bytes | None:
@@ -162,8 +163,10 @@ class StateTable:
 
     def _send_due(self) -> None:
         self._timer = None
-        if self.held and (self._due is None or self._due.done()):
-            self._due = asyncio.ensure_future(self.send_held())
+        if self.held:  # a send still running holds the lock: this one goes after it
+            task = asyncio.ensure_future(self.send_held())
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
 
     async def send_held(self) -> None:
         """Hand every held record to the producer. Never raises: a send that fails is

@@ -207,14 +207,18 @@ class Changelog:
     """The customers table's changelog as `StateTable` sees it: a producer whose records the
     broker acknowledges after `ack` s (or refuses, or that raises on send)."""
 
-    def __init__(self, ack: float = 0.05, refuse: bool = False, raises: bool = False) -> None:
-        self.ack, self.refuse, self.raises = ack, refuse, raises
+    def __init__(
+        self, ack: float = 0.05, refuse: bool = False, raises: bool = False, accept: float = 0.0
+    ) -> None:
+        self.ack, self.refuse, self.raises, self.accept = ack, refuse, raises, accept
         self.sent: list[tuple[bytes, bytes, int]] = []
         self.acked: list[bytes] = []
 
     async def send(self, topic: str, key: bytes, value: bytes, partition: int, *_: Any) -> Any:
         if self.raises:
             raise RuntimeError("KafkaTimeoutError: the accumulator stayed full")
+        if self.accept:
+            await asyncio.sleep(self.accept)  # e.g. aiokafka's accumulator full
         self.sent.append((key, value, partition))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(self.ack, self._deliver, fut, key)
@@ -307,3 +311,18 @@ def test_a_held_write_that_fails_fails_the_commit(failure: str) -> None:
     outcome = asyncio.run(scenario())
     assert "1 table changes were refused" in outcome
     assert "casewatch-customers-changelog" in outcome
+
+
+def test_a_write_held_while_a_slow_send_runs_goes_out_when_its_own_hold_ends() -> None:
+    async def scenario() -> list[bytes]:
+        changelog = Changelog(accept=StateTable.HOLD_SECONDS * 2)  # a send outlasts a hold
+        table, _, buffer = await state_table(changelog)
+        await table.put(b"c-1", b"state", 0)
+        await asyncio.sleep(StateTable.HOLD_SECONDS * 1.5)  # its send is running now
+        await table.put(b"c-2", b"state", 1)
+        await asyncio.sleep(StateTable.HOLD_SECONDS * 6)  # no commit, no further input
+        sent = [key for key, _, _ in changelog.sent]
+        await buffer.stop()  # (its flush would send what is still held)
+        return sent
+
+    assert asyncio.run(scenario()) == [b"c-1", b"c-2"]
