@@ -13,8 +13,9 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
 - `faust-parse`: the same, validating each value with `parse_event`;
 - `faust-table`: + one write per event of a ~900-byte value to a changelog-backed table, through
   Faust's `Table.__setitem__` (as the worker wrote a customer's state before `StateTable`);
-- `fast-table`: the same write to the table's store, its changelog record sent with the
-  producer directly (`pipeline.durable.StateTable`, as the worker writes a customer's state);
+- `fast-table`: the same write through `pipeline.durable.StateTable`, as the worker writes a
+  customer's state: to the table's store, its changelog record to the producer directly, held
+  and sent with others since 3775c70 (before it, one by one);
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
 - `worker`: `python -m pipeline worker` itself (every default rule, routing, context, metrics),

@@ -71,7 +71,11 @@ class DurableBuffer(ProducerBuffer):
     def _sent(self, topic: str, sent: asyncio.Future[Any]) -> None:
         self.unacked.discard(sent)
         if not sent.cancelled() and sent.exception() is not None:
-            self.failed.append((topic, cast(BaseException, sent.exception())))
+            self.not_sent(topic, cast(BaseException, sent.exception()))
+
+    def not_sent(self, topic: str, exc: BaseException) -> None:
+        """A record refused, or one that never reached the client: the next flush fails."""
+        self.failed.append((topic, exc))
 
     async def _send_pending(self, fut: FutureMessage) -> None:
         try:
@@ -182,7 +186,8 @@ class StateTable:
             try:
                 producer = await self.app.maybe_start_producer()
             except Exception as exc:
-                buffer.failed.extend((self.changelog, exc) for _ in held)
+                for _ in held:
+                    buffer.not_sent(self.changelog, exc)
                 return
             for key, (value, partition) in held.items():
                 try:
@@ -191,7 +196,7 @@ class StateTable:
                         await producer.send(self.changelog, key, value, partition, None, None),
                     )
                 except Exception as exc:
-                    buffer.failed.append((self.changelog, exc))
+                    buffer.not_sent(self.changelog, exc)
                     continue
                 buffer.track(sent, self.changelog)
                 sent.add_done_callback(self._persisted)
