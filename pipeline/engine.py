@@ -8,6 +8,7 @@ replay run the same code on the same state and cannot disagree. No I/O, no clock
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ class _Compiled:
     detector: Any
     version: str
     severity: str
+    types: frozenset[str] | None  # event types the rule observes (None: all)
+    initial: Any  # the detector's initial state: not stored (`_keep`)
 
 
 class Engine:
@@ -36,8 +39,9 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rules = [
-            _Compiled(name, build(name, rule), rule.version(), rule.severity)
+            _Compiled(name, d, rule.version(), rule.severity, d.types(), d.initial())
             for name, rule in config.rules.items()
+            for d in [build(name, rule)]
         ]
         self._by_name = {r.name: r for r in self.rules}
 
@@ -48,38 +52,59 @@ class Engine:
         sees the event. Returns the new state and what was found, in order."""
         fired, findings = self.fire(state, clock)
         rules = dict(fired.rules)
+        kind = event.get("type")
         for r in self.rules:
+            saved = rules.get(r.name)
+            # A rule that does nothing with this type (Detector.types) is not run: its state
+            # stays as it is, unless it is of another version or the initial one (`_keep`).
+            if (
+                r.types is not None
+                and kind not in r.types
+                and (saved is None or (saved[0] == r.version and saved[1] != r.initial))
+            ):
+                continue
             step = r.detector.observe(self._state(rules, r), event, clock)
             _keep(rules, r, step.state)
             findings.extend(step.findings)
         profile = fired.profile
-        if event.get("type") == "customer.profile" and _newer(event, profile):
+        if kind == "customer.profile" and _newer(event, profile):
             profile = {
                 k: _plain(v) for k, v in event.items() if k not in _PROFILE_SKIP and v is not None
             }
-        new = replace(
-            fired,
-            rules=rules,
-            profile=profile,
-            recent=_recent(fired.recent, event),
-            orders=_orders(fired.orders, event),
+        new = CustomerState(
+            fired.seen_ids,
+            fired.seen_times,
+            rules,
+            profile,
+            fired.partition,
+            _recent(fired.recent, event),
+            _orders(fired.orders, event),
+            fired.open,
         )
         return with_findings(new, findings), findings
 
     def fire(self, state: CustomerState, clock: float) -> tuple[CustomerState, list[Finding]]:
         """Deadlines of this customer that passed by `clock`."""
-        rules = {k: v for k, v in state.rules.items() if k in self._by_name}
         findings: list[Finding] = []
+        rules: dict[str, Any] | None = None  # copied on the first change
+        for name in state.rules:
+            if name not in self._by_name:  # a rule no longer in the config: dropped
+                rules = {k: v for k, v in state.rules.items() if k in self._by_name}
+                break
         for r in self.rules:
-            if r.name not in rules:
+            if r.name not in state.rules:
                 continue
-            current = self._state(rules, r)
+            current = self._state(rules if rules is not None else state.rules, r)
             due = r.detector.next_deadline(current)
             if due is None or due > clock:
                 continue
             step = r.detector.fire(current, clock)
+            if rules is None:
+                rules = dict(state.rules)
             _keep(rules, r, step.state)
             findings.extend(step.findings)
+        if rules is None:
+            return state, findings
         return with_findings(replace(state, rules=rules), findings), findings
 
     def next_deadline(self, state: CustomerState) -> float | None:
@@ -172,9 +197,17 @@ def _recent(
 ) -> tuple[tuple[float, str, str], ...]:
     t = epoch(event["occurred_at"])
     detail = next((str(event[k]) for k in _DETAIL if event.get(k)), "")[:64]
-    entries = sorted([*recent, (t, str(event["type"]), detail)], key=lambda e: e[0])
-    newest = entries[-1][0]
-    return tuple(e for e in entries if e[0] > newest - RECENT_WINDOW)[-RECENT_MAX:]
+    entry = (t, str(event["type"]), detail)
+    if not recent or recent[-1][0] <= t:  # in order, as almost always: appended
+        entries = (*recent, entry)
+    else:  # after those of its time or earlier (a stable sort's place)
+        at = bisect_right([e[0] for e in recent], t)
+        entries = (*recent[:at], entry, *recent[at:])
+    horizon = entries[-1][0] - RECENT_WINDOW
+    first = 0
+    while entries[first][0] <= horizon:
+        first += 1
+    return entries[max(first, len(entries) - RECENT_MAX) :]
 
 
 def _orders(orders: Mapping[str, Any], event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -267,7 +300,7 @@ def occurred(event: Mapping[str, Any]) -> float:
 def _keep(rules: dict[str, Any], r: _Compiled, state: Any) -> None:
     """A rule's state goes in the customer's state unless it is the initial one, which reads
     back the same when absent (about 35 bytes saved per idle rule and customer)."""
-    if state == r.detector.initial():
+    if state == r.initial:
         rules.pop(r.name, None)
     else:
         rules[r.name] = [r.version, state]

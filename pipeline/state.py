@@ -24,8 +24,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from math import ceil
 from typing import Any
@@ -87,30 +88,42 @@ def kept_json(value: Any) -> bytes:
     return bytes(memoryview(orjson.dumps(value)))
 
 
-def _pack_seen(seen: tuple[tuple[bytes, float], ...]) -> tuple[int, str]:
-    """Times to the whole second, rounded up (an id is kept at most a second longer, never
-    forgotten early; read back and written again, it stays the same): the newest, and the
-    digests then each id's age before it, digests and ages apart (that compresses better)."""
-    times = [ceil(t) for _, t in seen]
-    newest = max(times)
+def _pack_seen(ids: bytes, times: tuple[int, ...]) -> tuple[int, str]:
+    """The newest time, and the digests then each id's age before it, digests and ages apart
+    (that compresses better)."""
+    newest = times[-1]
     ages = [newest - t for t in times]
-    if newest - min(times) > _AGE_MAX:  # an id 136 years older than the newest
+    if newest - times[0] > _AGE_MAX:  # an id 136 years older than the newest
         ages = [min(_AGE_MAX, a) for a in ages]
-    packed = struct.pack(f"<{len(ages)}I", *ages)
-    return newest, base64.b64encode(b"".join([d for d, _ in seen]) + packed).decode()
+    return newest, base64.b64encode(ids + struct.pack(f"<{len(ages)}I", *ages)).decode()
 
 
-def _unpack_seen(raw: Any, newest: float | None) -> tuple[tuple[bytes, float], ...]:
+def _unpack_seen(raw: Any, newest: int | None) -> tuple[bytes, tuple[int, ...]]:
+    """Digests and times (whole seconds, rounded up) of a stored state, oldest first."""
     if not raw:
-        return ()
+        return b"", ()
     if newest is not None:  # version 4
         packed = base64.b64decode(raw)
         n = len(packed) // 12
-        ages = struct.unpack_from(f"<{n}I", packed, 8 * n)
-        return tuple((packed[8 * i : 8 * i + 8], float(newest - ages[i])) for i in range(n))
+        return packed[: 8 * n], tuple(
+            newest - a for a in struct.unpack_from(f"<{n}I", packed, 8 * n)
+        )
     if isinstance(raw, str):  # version 3
-        return tuple(_SEEN3.iter_unpack(base64.b64decode(raw)))
-    return tuple((bytes.fromhex(d), t) for d, t in raw)  # versions 1 and 2: [[hex, time], ...]
+        pairs = list(_SEEN3.iter_unpack(base64.b64decode(raw)))
+    else:  # versions 1 and 2: [[hex, time], ...]
+        pairs = [(bytes.fromhex(d), t) for d, t in raw]
+    pairs.sort(key=lambda item: item[1])
+    return b"".join(d for d, _ in pairs), tuple(ceil(t) for _, t in pairs)
+
+
+def _find(ids: bytes, key: bytes) -> bool:
+    """Whether the 8-byte `key` is one of the digests packed in `ids`."""
+    i = ids.find(key)
+    while i >= 0:
+        if i % 8 == 0:
+            return True
+        i = ids.find(key, i + 1)
+    return False
 
 
 def _pack_recent(recent: tuple[tuple[float, str, str], ...]) -> list[list[Any]]:
@@ -144,7 +157,10 @@ def plain(data: bytes) -> dict[str, Any]:
 class CustomerState:
     """Everything Casewatch remembers about one customer."""
 
-    seen: tuple[tuple[bytes, float], ...] = ()
+    # remembered event ids: 8-byte digests packed together, and their times in whole seconds
+    # (rounded up: an id is kept at most a second longer, never forgotten early), oldest first
+    seen_ids: bytes = b""
+    seen_times: tuple[int, ...] = ()
     # rule name -> [rule_version, detector state]; a changed rule starts from a fresh state
     rules: Mapping[str, Any] = field(default_factory=dict)
     profile: Mapping[str, Any] | None = None
@@ -160,7 +176,9 @@ class CustomerState:
         unless `compress` is false (`pipeline.compress_state`; `from_bytes` reads both). Empty
         parts are left out (`from_bytes` reads them as empty). Remembered ids' times are kept
         to the second (rounded to keep them longer), everything else exactly."""
-        newest, seen = _pack_seen(self.seen) if self.seen else (None, None)
+        newest, seen = (
+            _pack_seen(self.seen_ids, self.seen_times) if self.seen_times else (None, None)
+        )
         parts = {
             "sn": newest,
             "seen": seen,
@@ -183,8 +201,10 @@ class CustomerState:
             return cls()
         raw = plain(data)
         recent = raw.get("recent")  # versions 1-3: [[time, type, detail], ...]
+        ids, times = _unpack_seen(raw.get("seen"), raw.get("sn"))
         return cls(
-            seen=_unpack_seen(raw.get("seen"), raw.get("sn")),
+            seen_ids=ids,
+            seen_times=times,
             rules=raw.get("rules") or {},
             profile=raw.get("profile"),
             partition=raw.get("p"),
@@ -199,19 +219,37 @@ class CustomerState:
             open=raw.get("open") or {},
         )
 
+    @property
+    def seen(self) -> tuple[tuple[bytes, int], ...]:
+        """The remembered ids as (digest, time) pairs, oldest first (for inspection)."""
+        ids = self.seen_ids
+        return tuple((ids[8 * i : 8 * i + 8], t) for i, t in enumerate(self.seen_times))
+
     def remember(
         self, event_id: str, at: float, window: timedelta, max_ids: int
     ) -> CustomerState | None:
         """The state with `event_id` remembered, or `None` when it was seen already.
 
         Ids older than `window` before the newest one, and beyond `max_ids`, are forgotten.
+        The new id goes after every id of its time or earlier (it is kept to the second,
+        rounded up); the times stay in order, so both bounds cut a prefix.
         """
         key = digest(event_id)
-        if any(d == key for d, _ in self.seen):
+        ids, times = self.seen_ids, self.seen_times
+        if _find(ids, key):
             return None
-        newest = max(at, max((t for _, t in self.seen), default=at))
-        horizon = newest - window.total_seconds()
-        kept = [(d, t) for d, t in self.seen if t >= horizon]
-        kept.append((key, at))
-        kept.sort(key=lambda item: item[1])
-        return replace(self, seen=tuple(kept[-max_ids:]))
+        newest = max(at, times[-1]) if times else at
+        first = bisect_left(times, newest - window.total_seconds())
+        at_ = max(first, bisect_right(times, at))  # an id older than the window goes first
+        kept_times = (*times[first:at_], ceil(at), *times[at_:])[-max_ids:]
+        kept_ids = (ids[8 * first : 8 * at_] + key + ids[8 * at_ :])[-8 * max_ids :]
+        return CustomerState(
+            kept_ids,
+            kept_times,
+            self.rules,
+            self.profile,
+            self.partition,
+            self.recent,
+            self.orders,
+            self.open,
+        )

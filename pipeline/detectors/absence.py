@@ -45,6 +45,9 @@ class AbsenceDetector:
     def initial(self) -> State:
         return {}
 
+    def types(self) -> frozenset[str] | None:
+        return None  # any event with the key records its promise and prunes closed keys
+
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
         k = field_text(event, self.key)
         if not k:

@@ -64,6 +64,11 @@ class Detector(Protocol[S]):
         """The state of a customer never seen before."""
         ...
 
+    def types(self) -> frozenset[str] | None:
+        """The event types `observe` can change the state or find something for; None when
+        it can for any type. The engine does not call `observe` for the others."""
+        ...
+
     def observe(self, state: S, event: Mapping[str, Any], now: Instant) -> Step[S]:
         """Take one event (as a dict of its fields); return the new state and findings."""
         ...

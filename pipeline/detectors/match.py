@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any
+from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class MatchDetector:
 
     def initial(self) -> None:
         return None
+
+    def types(self) -> frozenset[str] | None:
+        return types_of(self.when) if self.when else frozenset()  # no `when`: never matches
 
     def observe(self, state: None, event: Mapping[str, Any], now: Instant) -> Step[None]:
         if not self.when or not matches_any(self.when, event):

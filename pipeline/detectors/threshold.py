@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any
+from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
 
 # Per group key: {"e": [[time, event_id], ...] sorted by time, "q": quiet until}
 State = Mapping[str, Mapping[str, Any]]
@@ -36,6 +36,9 @@ class ThresholdDetector:
 
     def initial(self) -> State:
         return {}
+
+    def types(self) -> frozenset[str] | None:
+        return types_of(self.when)  # an event that does not match changes nothing
 
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
         if not matches_any(self.when, event):

@@ -104,3 +104,48 @@ rules:
     assert rules[0].version() == rules[1].version() == "2fd17fbeaa45"
     assert rules[2].version() != rules[0].version()
     assert build("missing_delivery", rules[2]).keep_closed == 10 * 86400
+
+
+def test_a_rule_skipped_for_an_event_type_would_have_done_nothing_with_it() -> None:
+    """The engine does not run a rule on an event whose type its `types()` leaves out: for
+    every default rule, observing such events changes nothing and finds nothing, from the
+    states the realistic workload leaves behind."""
+    from bench import workload
+    from pipeline.engine import Engine, event_dict
+    from pipeline.ingest import parse_event
+    from pipeline.state import CustomerState
+
+    engine = Engine(load_config())
+    states: dict[str, CustomerState] = {}
+    msgs = workload.build(200, 6000, 1_790_000_000.0, 7 * 86400.0, "ty", seed=3, span_hours=168)
+    checked = 0
+    for m in msgs:
+        data = event_dict(parse_event(m.value, 1 << 20))
+        state = states.get(data["customer_id"], CustomerState())
+        for r in engine.rules:
+            types = r.detector.types()
+            if types is None or data["type"] in types:
+                continue
+            before = engine._state(state.rules, r)
+            step = r.detector.observe(before, data, 1_790_000_000.0 + 8 * 86400)
+            assert step.state == before, (r.name, data["type"])
+            assert not step.findings, (r.name, data["type"])
+            checked += 1
+        states[data["customer_id"]], _ = engine.observe(state, data, 0.0)
+    assert checked > 10_000
+    declared = {r.name: r.detector.types() for r in engine.rules}
+    assert declared["repeat_maintenance"] == {"interaction.maintenance_requested"}
+    assert declared["complaint_cluster"] is None  # "sentiment = negative" on any type
+    assert declared["missing_delivery"] is None  # keyed by order_id, whatever the type
+
+
+def test_the_types_a_condition_set_can_match() -> None:
+    from pipeline.detectors.matchers import types_of
+
+    def sets(*alternatives: list[str]) -> list[list[object]]:
+        return [[parse_condition(c) for c in a] for a in alternatives]
+
+    assert types_of(sets(["type = a"], ["type in b,c", "x = 1"])) == {"a", "b", "c"}
+    assert types_of(sets(["type = a"], ["x = 1"])) is None  # the second: any type
+    assert types_of(sets(["type != a"])) is None
+    assert types_of([]) is None  # no conditions: everything matches

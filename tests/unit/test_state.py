@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import random
 import struct
 import tracemalloc
@@ -252,3 +253,37 @@ def test_a_stored_state_takes_little_more_memory_than_its_length() -> None:
         tracemalloc.stop()
     length = sum(len(value) for value in kept)
     assert used < 1.2 * length + 2000 * 64  # the bytes, their headers, the list
+
+
+def _reference(
+    seen: list[tuple[bytes, float]], event_id: str, at: float, window: float, max_ids: int
+) -> list[tuple[bytes, float]] | None:
+    """Dedupe written plainly (the code before the ids were packed): a list of (digest, time),
+    sorted by time, the new id after those of its time, stored to the second rounded up."""
+    key = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    if any(d == key for d, _ in seen):
+        return None
+    horizon = max([at, *(t for _, t in seen)]) - window
+    kept = sorted([*(e for e in seen if e[1] >= horizon), (key, at)], key=lambda e: e[1])
+    return [(d, float(math.ceil(t))) for d, t in kept[-max_ids:]]
+
+
+def test_remembering_agrees_with_a_plain_list_of_ids_and_times() -> None:
+    """Late, repeated and same-second ids, both bounds: what is remembered and what is
+    forgotten is the same as a plain sorted list's, event after event, through bytes."""
+    rng = random.Random(11)
+    for max_ids in (1, 3, 8, 256):
+        state = CustomerState()
+        model: list[tuple[bytes, float]] = []
+        t = 1764745200.0
+        for i in range(400):
+            t += rng.choice([0.0, 0.5, 1.0, 600.0, 3 * DAY])
+            at = t - rng.choice([0.0, 0.0, 0.5, 2.0, 5 * DAY, 9 * DAY])  # some late, some ties
+            event_id = f"e-{rng.randrange(i + 1)}"  # some repeats
+            expected = _reference(model, event_id, at, WEEK.total_seconds(), max_ids)
+            step = state.remember(event_id, at, WEEK, max_ids)
+            assert (step is None) == (expected is None), (max_ids, i)
+            if step is not None and expected is not None:
+                state = CustomerState.from_bytes(step.to_bytes())
+                model = expected
+                assert list(state.seen) == model, (max_ids, i)
