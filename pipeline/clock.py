@@ -43,6 +43,7 @@ class PartitionClock:
     highs: dict[str, float] = field(default_factory=dict)  # input -> newest event time
     arrived: dict[str, float] = field(default_factory=dict)  # input -> wall time of last event
     restored: tuple[float, float] | None = None  # (mark, wall time it was recorded)
+    started: bool = False  # an event observed
 
     def expect(self, sources: tuple[str, ...], wall: float) -> None:
         """Inputs known in advance (live: the source topics): until one has been seen or has been
@@ -55,25 +56,28 @@ class PartitionClock:
     def observe(self, source: str, event_time: float, wall: float | None) -> bool:
         """Take one event's time from input `source` as it arrives; return whether it is late."""
         late = event_time < self.now(wall)
-        if wall is not None and all(h == NEVER for h in self.highs.values()):
+        if wall is not None and not self.started:
             # The partition's first event: inputs expected but not seen yet get their
             # `idle_after` from now, not from when the worker started.
             for other in self.highs:
                 self.arrived[other] = wall
-        self.highs[source] = max(self.highs.get(source, NEVER), event_time)
+        self.started = True
+        if event_time > self.highs.get(source, NEVER):
+            self.highs[source] = event_time
         if wall is not None:
             self.arrived[source] = wall
         return late
 
     def now(self, wall: float | None = None) -> float:
         """The clock at wall time `wall` (None: event time only, as in replay)."""
-        active = [
-            high
-            for source, high in self.highs.items()
-            if wall is None or wall - self.arrived.get(source, wall) < self.idle_after
-        ]
-        if active:
-            clock = min(active) - self.lateness
+        low = None  # the lowest high mark of the active inputs
+        for source, high in self.highs.items():
+            if (wall is None or wall - self.arrived.get(source, wall) < self.idle_after) and (
+                low is None or high < low
+            ):
+                low = high
+        if low is not None:
+            clock = low - self.lateness
         elif wall is not None and any(h != NEVER for h in self.highs.values()):
             seen = {src: h for src, h in self.highs.items() if h != NEVER}
             clock = max(h + (wall - self.arrived[src]) - self.idle_after for src, h in seen.items())

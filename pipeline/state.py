@@ -92,7 +92,7 @@ def _pack_seen(ids: bytes, times: tuple[int, ...]) -> tuple[int, str]:
     """The newest time, and the digests then each id's age before it, digests and ages apart
     (that compresses better)."""
     newest = times[-1]
-    ages = [newest - t for t in times]
+    ages = list(map(newest.__sub__, times))
     if newest - times[0] > _AGE_MAX:  # an id 136 years older than the newest
         ages = [min(_AGE_MAX, a) for a in ages]
     return newest, base64.b64encode(ids + struct.pack(f"<{len(ages)}I", *ages)).decode()
@@ -106,7 +106,7 @@ def _unpack_seen(raw: Any, newest: int | None) -> tuple[bytes, tuple[int, ...]]:
         packed = base64.b64decode(raw)
         n = len(packed) // 12
         return packed[: 8 * n], tuple(
-            newest - a for a in struct.unpack_from(f"<{n}I", packed, 8 * n)
+            map(newest.__sub__, struct.unpack_from(f"<{n}I", packed, 8 * n))
         )
     if isinstance(raw, str):  # version 3
         pairs = list(_SEEN3.iter_unpack(base64.b64decode(raw)))
@@ -126,22 +126,17 @@ def _find(ids: bytes, key: bytes) -> bool:
     return False
 
 
-def _pack_recent(recent: tuple[tuple[float, str, str], ...]) -> list[list[Any]]:
+def _pack_recent(recent: tuple[tuple[float, str, str], ...]) -> list[Any]:
     """Recent events as three columns: times, types (the contract's as small numbers),
     details; a column of like values compresses better than rows."""
-    return [
-        [t for t, _, _ in recent],
-        [_TYPE_CODE.get(k, k) for _, k, _ in recent],
-        [d for _, _, d in recent],
-    ]
+    times, kinds, details = zip(*recent, strict=True)
+    return [times, [_TYPE_CODE.get(k, k) for k in kinds], details]
 
 
 def _unpack_recent(columns: list[list[Any]]) -> tuple[tuple[float, str, str], ...]:
     times, kinds, details = columns
-    return tuple(
-        (t, _TYPES[k] if isinstance(k, int) else k, d)
-        for t, k, d in zip(times, kinds, details, strict=True)
-    )
+    names = [_TYPES[k] if k.__class__ is int else k for k in kinds]
+    return tuple(zip(times, names, details, strict=True))
 
 
 def plain(data: bytes) -> dict[str, Any]:

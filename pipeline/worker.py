@@ -86,6 +86,7 @@ class Ingest:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config)
+        self._entries = self.metrics.table_entries.labels("customers")
 
     async def handle(self, msg: Message) -> None:
         """Process one message; every failure ends on the dead-letter topic."""
@@ -129,7 +130,7 @@ class Ingest:
         stored = self.table.get(customer)
         if stored is None:
             self.customers += 1
-            self.metrics.table_entries.labels("customers").set(self.customers)
+            self._entries.set(self.customers)
         state = CustomerState.from_bytes(stored)
         p = self.config.pipeline
         updated = state.remember(event.event_id, t, p.dedupe_window, p.dedupe_max_ids)
