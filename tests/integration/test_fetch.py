@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.durable import App
-from pipeline.offsets import FETCH_MAX_WAIT_MS
+from pipeline.offsets import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
 
 def test_an_idle_partitions_fetch_holds_up_a_busy_one_briefly(bootstrap: str, unique: str) -> None:
@@ -37,6 +37,7 @@ def test_an_idle_partitions_fetch_holds_up_a_busy_one_briefly(bootstrap: str, un
             consumer.assign([busy, idle])
             await consumer.seek_to_beginning(busy, idle)
             assert consumer._fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+            assert consumer._fetcher._fetch_min_bytes == FETCH_MIN_BYTES
             # Both fetched; the idle one's record taken. Once the busy one's records are older
             # than aiokafka's prefetch backoff (0.1 s), the idle one's next fetch goes out
             # alone, and waits.
