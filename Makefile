@@ -26,8 +26,8 @@ run: setup
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started; then the benchmark's smoke
-# runs (bench/run.py, floor.py, soak.py: about 3 min) and the short chaos run (about 4 min, on a
-# broker of its own: docs/reliability.md).
+# runs (bench/run.py, floor.py, logic.py, soak.py: about 3 min) and the short chaos run (about
+# 4 min, on a broker of its own: docs/reliability.md).
 test: setup prometheus
 	@set -e; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
@@ -40,6 +40,7 @@ test: setup prometheus
 	$(BIN)/pytest; \
 	$(BIN)/python bench/run.py --smoke; \
 	$(BIN)/python bench/floor.py --smoke; \
+	$(BIN)/python bench/logic.py --days 1 --customers 200; \
 	$(BIN)/python bench/soak.py --smoke --out /tmp/casewatch-soak-smoke.json; \
 	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace
 
