@@ -62,6 +62,8 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         consumer_max_fetch_size=FETCH_BYTES,
         broker_max_poll_records=POLL_RECORDS,
     )
+    app.fetch_min_bytes = p.fetch_min_bytes
+    app.fetch_max_wait_ms = max(1, round(p.fetch_max_wait.total_seconds() * 1000))
     # Offsets the broker did not send: counted and logged (pipeline/offsets.py).
     app.on_offset_gap = lambda tp, first, last: metrics.offset_gaps.labels(tp.topic).inc()
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)

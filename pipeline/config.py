@@ -53,6 +53,22 @@ class PipelineSettings(_Section):
     # Customer states stored compressed (pipeline/state.py): 2.3x smaller at equilibrium for
     # about a tenth of a worker's CPU (docs/performance.md). Either way, both are read.
     compress_state: bool = True
+    # The worker's fetches (aiokafka's fetch_min_bytes, fetch_max_wait_ms): the broker answers
+    # once it has this much, or after this long. Larger and longer: fewer, fuller fetches (less
+    # CPU per event live), each hop up to `fetch_max_wait` later at low input
+    # (docs/performance.md, "Fetches, and less per-event logic").
+    fetch_min_bytes: int = Field(default=64 * 1024, ge=1, le=64 * 1024 * 1024)
+    fetch_max_wait: Duration = timedelta(milliseconds=50)
+
+    @field_validator("fetch_max_wait")
+    @classmethod
+    def _fetch_wait(cls, value: timedelta) -> timedelta:
+        if not timedelta(milliseconds=1) <= value <= timedelta(seconds=5):
+            raise ValueError(
+                "must be between 1ms and 5s (a fetch held longer holds up every busy partition "
+                "of its broker meanwhile)"
+            )
+        return value
 
     @field_validator("session_timeout")
     @classmethod

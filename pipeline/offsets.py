@@ -46,8 +46,9 @@ from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger(__name__)
 
-# The worker's fetches (aiokafka's fetch_min_bytes and fetch_max_wait_ms): the broker answers
-# a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS.
+# The worker's fetches (aiokafka's fetch_min_bytes and fetch_max_wait_ms; the config's
+# `pipeline.fetch_min_bytes` and `pipeline.fetch_max_wait` set them, these are the defaults):
+# the broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS.
 #
 # The wait: Faust sets 1,500 ms. aiokafka has one fetch in flight per broker, for the partitions
 # with no fetched records left, so a fetch of idle partitions (ticks, re-key, resolutions)
@@ -56,23 +57,24 @@ log = logging.getLogger(__name__)
 # The size: aiokafka asks for 1 byte. Live, each fetch then brought one or two records, and the
 # consumer thread took 23% of the worker's busy time (6% in a drain), the socket writes of
 # thousands of fetches a second most of it.
-# Measured (docs/performance.md, "Fetches"): 64 KiB and 50 ms kept up at 70% of a drain's peak
-# (3,964 of 4,017 events/s offered, against 3,345 of 3,879 before), produce -> published p50
-# about 90 ms at every load (each of the two hops, source and dispatch, waits up to 50 ms when
-# little arrives); 16 KiB and 100 ms had 36 ms at 30% and did not keep up at 70%.
+# Measured (docs/performance.md, "Fetches, and less per-event logic"): 64 KiB and 50 ms kept
+# up at 70% of a drain's peak (3,964 of 4,017 events/s offered, against 3,345 of 3,879
+# before), produce -> published p50 about 90 ms at every load (each of the two hops, source and
+# dispatch, waits up to 50 ms when little arrives); 16 KiB and 100 ms had 36 ms at 30% and did
+# not keep up at 70%.
 FETCH_MAX_WAIT_MS = 50
 FETCH_MIN_BYTES = 64 * 1024
 
 
 class FetchThread(AIOKafkaConsumerThread):
-    """Faust's consumer thread, its consumer's fetches answered at `FETCH_MIN_BYTES` or after
-    `FETCH_MAX_WAIT_MS`."""
+    """Faust's consumer thread, its consumer's fetches answered at the app's `fetch_min_bytes`
+    or after its `fetch_max_wait_ms` (our App, pipeline/durable.py)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read once by `AIOKafkaConsumer.start` (aiokafka 0.14), which builds its fetcher.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS)
+        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", FETCH_MIN_BYTES)
         return consumer
 
 

@@ -29,6 +29,8 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
     assert config.topics.dlq == "casewatch.dlq"
     assert config.pipeline.allowed_lateness == timedelta(minutes=5)
     assert config.pipeline.compress_state is True
+    assert config.pipeline.fetch_min_bytes == 64 * 1024
+    assert config.pipeline.fetch_max_wait == timedelta(milliseconds=50)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,13 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
         (
             "pipeline:\n  compress_state: maybe\n",
             ["pipeline.compress_state: Input should be a valid boolean, unable to interpret input"],
+        ),
+        (
+            "pipeline:\n  fetch_max_wait: 30s\n",
+            [
+                "pipeline.fetch_max_wait: must be between 1ms and 5s (a fetch held "
+                "longer holds up every busy partition of its broker meanwhile)"
+            ],
         ),
         (
             "pipeline:\n  partitions: 0\n",

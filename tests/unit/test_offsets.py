@@ -380,3 +380,35 @@ def test_an_error_in_a_delivery_reaches_the_fetch_loop_before_or_after_a_wait() 
             await waiting
 
     asyncio.run(scenario())
+
+
+def test_the_configs_fetch_settings_reach_the_worker_consumer() -> None:
+    """`pipeline.fetch_min_bytes` and `pipeline.fetch_max_wait` are what the worker's aiokafka
+    consumer is built with (its fetcher takes them at start: tests/integration/test_fetch.py)."""
+    from datetime import timedelta
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.app import build_app
+    from pipeline.config import Runtime, load_config
+    from pipeline.metrics import Metrics
+
+    config = load_config()
+    pipeline = config.pipeline.model_copy(
+        update={"fetch_min_bytes": 1, "fetch_max_wait": timedelta(milliseconds=250)}
+    )
+    app = build_app(
+        config.model_copy(update={"pipeline": pipeline}),
+        Runtime(bootstrap_servers="localhost:1"),
+        Metrics.create(CollectorRegistry()),
+    )
+
+    async def built() -> tuple[int, int]:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()  # never started: nothing to reach
+        return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms
+
+    try:
+        assert asyncio.run(built()) == (1, 250)
+    finally:
+        app.consumer._thread.thread_loop.close()  # the consumer's thread never ran
