@@ -106,7 +106,7 @@ def _unpack_seen(raw: Any, newest: int | None) -> tuple[bytes, tuple[int, ...]]:
         packed = base64.b64decode(raw)
         n = len(packed) // 12
         return packed[: 8 * n], tuple(
-            map(newest.__sub__, struct.unpack_from(f"<{n}I", packed, 8 * n))
+            map(int(newest).__sub__, struct.unpack_from(f"<{n}I", packed, 8 * n))
         )
     if isinstance(raw, str):  # version 3
         pairs = list(_SEEN3.iter_unpack(base64.b64decode(raw)))
