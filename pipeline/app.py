@@ -11,6 +11,7 @@ import faust
 from pipeline.config import Config, Runtime
 from pipeline.durable import App, StateTable
 from pipeline.metrics import Metrics
+from pipeline.offsets import wait_ms
 from pipeline.routers.step import DispatchStep
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.topics import TICK_RETENTION, internal_name
@@ -63,7 +64,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         broker_max_poll_records=POLL_RECORDS,
     )
     app.fetch_min_bytes = p.fetch_min_bytes
-    app.fetch_max_wait_ms = max(1, round(p.fetch_max_wait.total_seconds() * 1000))
+    app.fetch_max_wait_ms = wait_ms(p.fetch_max_wait)
     # Offsets the broker did not send: counted and logged (pipeline/offsets.py).
     app.on_offset_gap = lambda tp, first, last: metrics.offset_gaps.labels(tp.topic).inc()
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -44,11 +45,13 @@ from faust.types import TP
 from mode import Service, ServiceT
 from mode.utils.queues import FlowControlEvent
 
+from pipeline.config import PipelineSettings
+
 log = logging.getLogger(__name__)
 
-# The worker's fetches (aiokafka's fetch_min_bytes and fetch_max_wait_ms; the config's
-# `pipeline.fetch_min_bytes` and `pipeline.fetch_max_wait` set them, these are the defaults):
-# the broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS.
+# The worker's fetches (aiokafka's fetch_min_bytes and fetch_max_wait_ms), set by the config's
+# `pipeline.fetch_min_bytes` and `pipeline.fetch_max_wait` (the defaults: 64 KiB, 50 ms): the
+# broker answers a fetch once it has that many bytes for it, or after that long.
 #
 # The wait: Faust sets 1,500 ms. aiokafka has one fetch in flight per broker, for the partitions
 # with no fetched records left, so a fetch of idle partitions (ticks, re-key, resolutions)
@@ -62,8 +65,16 @@ log = logging.getLogger(__name__)
 # before), produce -> published p50 about 90 ms at every load (each of the two hops, source and
 # dispatch, waits up to 50 ms when little arrives); 16 KiB and 100 ms had 36 ms at 30% and did
 # not keep up at 70%.
-FETCH_MAX_WAIT_MS = 50
-FETCH_MIN_BYTES = 64 * 1024
+
+
+def wait_ms(wait: timedelta) -> int:
+    """A fetch wait in whole milliseconds, as aiokafka takes it."""
+    return max(1, round(wait.total_seconds() * 1000))
+
+
+_DEFAULTS = PipelineSettings()
+FETCH_MIN_BYTES = _DEFAULTS.fetch_min_bytes
+FETCH_MAX_WAIT_MS = wait_ms(_DEFAULTS.fetch_max_wait)
 
 
 class FetchThread(AIOKafkaConsumerThread):

@@ -96,10 +96,12 @@ def matches_any(sets: Sequence[Sequence[Matcher]], event: Mapping[str, Any]) -> 
 def types_of(sets: Sequence[Sequence[Matcher]]) -> frozenset[str] | None:
     """The event types `matches_any(sets, ...)` can be true for (every set names the type with
     `=` or `in`), or None when it can be for any type."""
+    if not sets:
+        return None
     found: set[str] = set()
     for group in sets:
         named = [m.value for m in group if m.field == "type" and m.op in ("=", "in")]
         if not named:
             return None
         found.update([named[0]] if isinstance(named[0], str) else named[0])
-    return frozenset(found) if sets else None
+    return frozenset(found)
