@@ -28,6 +28,7 @@ Pure logic: wall time is passed in (None in replay, where only event time exists
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 NEVER = float("-inf")
@@ -97,10 +98,40 @@ class PartitionClock:
         self.mark = max(self.mark, until)
         return self.mark
 
-    def restore(self, mark: float, at_wall: float) -> None:
-        """Resume from a clock value recorded at wall time `at_wall` (after a restart)."""
+    def seen(self) -> dict[str, list[float]]:
+        """Each input's newest event time and the wall time it last arrived, recorded with
+        the clock (`restore`)."""
+        return {
+            source: [high, self.arrived[source]]
+            for source, high in self.highs.items()
+            if high != NEVER and source in self.arrived
+        }
+
+    def restore(
+        self,
+        mark: float,
+        at_wall: float,
+        seen: Mapping[str, Sequence[float]] | None = None,
+        wall: float | None = None,
+    ) -> None:
+        """Resume from a clock value recorded at wall time `at_wall` (after a restart or a
+        rebalance), and from the inputs' newest event times then (`seen`, taken up at wall
+        time `wall`).
+
+        With them, each input holds the clock as a newly seen one does: for `idle_after`
+        from now, time for the partition's unread events to arrive; if none do, the clock
+        goes on as the previous owner's would have once its input went quiet, from the
+        newest event at wall speed, or with the wall clock when the input was live. Without
+        them, a previous owner stopped in the middle of a backlog (its clock still
+        `allowed_lateness` behind the newest event) left a clock that stayed that far behind
+        for good (a chaos run of 2026-12-04: 61 deadlines of one partition never fired).
+        Records of before that day have no `seen`: the clock resumes from `mark`."""
         self.mark = max(self.mark, mark)
         self.restored = (mark, at_wall)
+        for source, (high, _) in (seen or {}).items():
+            if wall is not None and high > self.highs.get(source, NEVER):
+                self.highs[source] = high
+                self.arrived[source] = wall
 
 
 @dataclass(slots=True)

@@ -73,7 +73,9 @@ class Ingest:
     dispatch: Sink  # the internal dispatch topic (one partition): routing happens there
     # customer id bytes -> state bytes: `durable.StateTable` (get, async put to a partition)
     table: Any
-    clocks_table: Any  # partition number (text) -> {"mark": clock, "wall": when recorded}
+    # partition number (text) -> {"mark": clock, "wall": when recorded, "seen": {input: [newest
+    # event time, wall time it arrived]}} (PartitionClock.restore)
+    clocks_table: Any
     engine: Engine = field(init=False)
     index: DeadlineIndex = field(default_factory=DeadlineIndex)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
@@ -215,7 +217,9 @@ class Ingest:
                         await self.dispatch.send(
                             None, orjson.dumps({"clock": {"p": partition, "t": now}})
                         )
-                        self.clocks_table[str(partition)] = kept_json({"mark": now, "wall": wall})
+                        self.clocks_table[str(partition)] = kept_json(
+                            {"mark": now, "wall": wall, "seen": clock.seen()}
+                        )
                         self.reported[partition] = now
         except Exception:
             log.exception("internal error on the clock tick of partition %d", partition)
@@ -234,7 +238,9 @@ class Ingest:
                 self.index.set(state.partition, customer, self.engine.next_deadline(state))
         for partition, value in clocks:
             saved = orjson.loads(value)
-            self._clock(int(partition)).restore(saved["mark"], saved["wall"])
+            self._clock(int(partition)).restore(
+                saved["mark"], saved["wall"], saved.get("seen"), time.time()
+            )
         self.metrics.pending_deadlines.set(len(self.index))
         self.metrics.table_entries.labels("customers").set(self.customers)
         log.info("recovered: %d customers with a pending deadline", len(self.index))

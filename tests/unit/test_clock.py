@@ -93,3 +93,44 @@ def test_a_restored_clock_resumes_and_counts_the_time_it_was_down() -> None:
     assert c.now(W + 61.0) == T + 60.0
     c.observe("orders", T + 10, W + 62.0)  # input again: the clock does not go back
     assert c.now(W + 62.5) == T + 61.0  # where it was when the event came
+
+
+def test_a_partition_taken_over_mid_backlog_goes_on_as_its_owner_would_have() -> None:
+    """Its previous owner was killed while catching up: the clock it recorded trailed the
+    newest event by the allowed lateness. The inputs' newest events were live (seconds old).
+    The new owner gives the partition's unread events idle_after to arrive; none do, so it
+    follows the wall clock as the old owner would have, and deadlines up to now fire (chaos
+    run of 2026-12-04, 05:00 UTC: 61 deadlines of one partition never fired)."""
+    old = clock()
+    old.observe("orders", W - 30.0, W)
+    old.observe("interactions", W - 2.0, W)
+    mark = old.now(W)
+    assert mark == W - 30.0 - L  # catching up: both inputs active
+    record = {"mark": mark, "wall": W, "seen": old.seen()}
+    new = clock()
+    new.expect(("orders", "interactions", "rekey"), W + 5.0)  # started after the kill
+    new.restore(record["mark"], record["wall"], record["seen"], W + 5.0)
+    assert new.now(W + 5.5) == mark  # waiting for unread events
+    assert new.now(W + 6.0) == W + 5.0  # none came: live, the wall clock idle_after behind
+    # Before (the mark alone) it ran from the mark at wall speed, L behind for good.
+    legacy = clock()
+    legacy.restore(record["mark"], record["wall"])
+    assert legacy.now(W + 60.0) == W - 30.0 - L + 59.0
+
+
+def test_after_a_restore_the_unread_backlog_holds_the_clock_back() -> None:
+    old = clock()
+    old.observe("orders", W - 30.0, W)
+    new = clock()
+    new.restore(old.now(W), W, old.seen(), W + 5.0)
+    new.observe("orders", W - 200.0, W + 5.5)  # the backlog the old owner did not commit
+    assert new.now(W + 6.0) == W - 30.0 - L  # events arriving: no jump to the wall clock
+
+
+def test_a_restored_backfill_runs_from_its_newest_event() -> None:
+    old = clock()
+    old.observe("orders", T, W)  # history: far behind the wall clock
+    new = clock()
+    new.restore(old.now(W), W, old.seen(), W + 10.0)
+    assert new.now(W + 10.5) == T - L
+    assert new.now(W + 21.0) == T + 10.0  # from the newest event at wall speed
