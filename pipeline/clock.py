@@ -28,7 +28,7 @@ Pure logic: wall time is passed in (None in replay, where only event time exists
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 NEVER = float("-inf")
@@ -98,20 +98,15 @@ class PartitionClock:
         self.mark = max(self.mark, until)
         return self.mark
 
-    def seen(self) -> dict[str, list[float]]:
-        """Each input's newest event time and the wall time it last arrived, recorded with
-        the clock (`restore`)."""
-        return {
-            source: [high, self.arrived[source]]
-            for source, high in self.highs.items()
-            if high != NEVER and source in self.arrived
-        }
+    def seen(self) -> dict[str, float]:
+        """Each input's newest event time, recorded with the clock (`restore`)."""
+        return {source: high for source, high in self.highs.items() if high != NEVER}
 
     def restore(
         self,
         mark: float,
         at_wall: float,
-        seen: Mapping[str, Sequence[float]] | None = None,
+        seen: Mapping[str, float] | None = None,
         wall: float | None = None,
     ) -> None:
         """Resume from a clock value recorded at wall time `at_wall` (after a restart or a
@@ -128,8 +123,10 @@ class PartitionClock:
         Records of before that day have no `seen`: the clock resumes from `mark`."""
         self.mark = max(self.mark, mark)
         self.restored = (mark, at_wall)
-        for source, (high, _) in (seen or {}).items():
-            if wall is not None and high > self.highs.get(source, NEVER):
+        if seen is None or wall is None:
+            return
+        for source, high in seen.items():
+            if high > self.highs.get(source, NEVER):
                 self.highs[source] = high
                 self.arrived[source] = wall
 

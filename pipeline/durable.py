@@ -36,12 +36,8 @@ from faust.types.transports import ConsumerT, ProducerT
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
-from pipeline.offsets import (
-    FETCH_MAX_WAIT_MS,
-    FETCH_MIN_BYTES,
-    SafeConsumer,
-    WatchedFlowControl,
-)
+from pipeline.config import PipelineSettings
+from pipeline.offsets import SafeConsumer, WatchedFlowControl, wait_ms
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +213,9 @@ class App(faust.App):
 
     # Called with (tp, first, last) for offsets the broker did not send (pipeline/offsets.py).
     on_offset_gap: Callable[[Any, int, int], None] | None = None
-    # The worker consumer's fetches (pipeline/offsets.py; the config's pipeline section)
-    fetch_min_bytes: int = FETCH_MIN_BYTES
-    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    # The worker consumer's fetches (pipeline/offsets.py): the config's, set by build_app
+    fetch_min_bytes: int = PipelineSettings().fetch_min_bytes
+    fetch_max_wait_ms: int = wait_ms(PipelineSettings().fetch_max_wait)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

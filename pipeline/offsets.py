@@ -45,8 +45,6 @@ from faust.types import TP
 from mode import Service, ServiceT
 from mode.utils.queues import FlowControlEvent
 
-from pipeline.config import PipelineSettings
-
 log = logging.getLogger(__name__)
 
 # The worker's fetches (aiokafka's fetch_min_bytes and fetch_max_wait_ms), set by the config's
@@ -72,20 +70,16 @@ def wait_ms(wait: timedelta) -> int:
     return max(1, round(wait.total_seconds() * 1000))
 
 
-_DEFAULTS = PipelineSettings()
-FETCH_MIN_BYTES = _DEFAULTS.fetch_min_bytes
-FETCH_MAX_WAIT_MS = wait_ms(_DEFAULTS.fetch_max_wait)
-
-
 class FetchThread(AIOKafkaConsumerThread):
     """Faust's consumer thread, its consumer's fetches answered at the app's `fetch_min_bytes`
     or after its `fetch_max_wait_ms` (our App, pipeline/durable.py)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
+        app: Any = self.app  # our App: SafeConsumer is built by it alone
         # Read once by `AIOKafkaConsumer.start` (aiokafka 0.14), which builds its fetcher.
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS)
-        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", FETCH_MIN_BYTES)
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
+        consumer._fetch_min_bytes = app.fetch_min_bytes
         return consumer
 
 

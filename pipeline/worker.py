@@ -73,8 +73,8 @@ class Ingest:
     dispatch: Sink  # the internal dispatch topic (one partition): routing happens there
     # customer id bytes -> state bytes: `durable.StateTable` (get, async put to a partition)
     table: Any
-    # partition number (text) -> {"mark": clock, "wall": when recorded, "seen": {input: [newest
-    # event time, wall time it arrived]}} (PartitionClock.restore)
+    # partition number (text) -> {"mark": clock, "wall": when recorded, "seen": {input: newest
+    # event time}} (PartitionClock.restore)
     clocks_table: Any
     engine: Engine = field(init=False)
     index: DeadlineIndex = field(default_factory=DeadlineIndex)
@@ -242,7 +242,7 @@ class Ingest:
                 saved["mark"], saved["wall"], saved.get("seen"), time.time()
             )
         self.metrics.pending_deadlines.set(len(self.index))
-        self.metrics.table_entries.labels("customers").set(self.customers)
+        self._entries.set(self.customers)
         log.info("recovered: %d customers with a pending deadline", len(self.index))
 
     async def _fire_due(self, partition: int, now: float) -> None:

@@ -1,5 +1,5 @@
 """The worker's consumer against the broker: a fetch of idle partitions holds up the busy ones
-for at most FETCH_MAX_WAIT_MS, not Faust's 1.5 s."""
+for at most the configured fetch wait (50 ms), not Faust's 1.5 s."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.durable import App
-from pipeline.offsets import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
 
 def test_an_idle_partitions_fetch_holds_up_a_busy_one_briefly(bootstrap: str, unique: str) -> None:
@@ -36,8 +35,8 @@ def test_an_idle_partitions_fetch_holds_up_a_busy_one_briefly(bootstrap: str, un
             await consumer.start()
             consumer.assign([busy, idle])
             await consumer.seek_to_beginning(busy, idle)
-            assert consumer._fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
-            assert consumer._fetcher._fetch_min_bytes == FETCH_MIN_BYTES
+            assert consumer._fetcher._fetch_max_wait_ms == app.fetch_max_wait_ms == 50
+            assert consumer._fetcher._fetch_min_bytes == app.fetch_min_bytes == 64 * 1024
             # Both fetched; the idle one's record taken. Once the busy one's records are older
             # than aiokafka's prefetch backoff (0.1 s), the idle one's next fetch goes out
             # alone, and waits.
