@@ -332,8 +332,11 @@ class Bench:
         rate = max(kept_up, default=0.3 * self.r["worker_events_per_s"])
         self.say(f"soak: {self.args.soak} min at {rate:,.0f} events/s, RSS every 10 s")
 
+        # one story told in 30 s chunks, a model day each, episodes going on across them
+        story = workload.Story(self.mode.customers, 30.0, f"{self.uid}-s", zlib.crc32(b"soak"))
+
         def make(chunk: int, rate: float, seconds: float) -> list[workload.Msg]:
-            return self.paced_msgs(f"s{chunk}", rate, seconds)
+            return story.next(rate, seconds)
 
         samples, _ = phases.soak(w, self.bootstrap, topics, rate, self.args.soak, make, already)
         verdict = phases.rss_flat(samples)

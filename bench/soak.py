@@ -194,20 +194,20 @@ def main() -> int:
                 resolver.thread.start()
                 say(f"{customers:,} customers at {args.rate:,.0f} events/s; windows x1/2880")
 
+                # One story for warm-up and measure, a model day per 30 s (COMPRESSION),
+                # its episodes going on from one chunk to the next (workload.Story).
+                story = workload.Story(customers, 86400 / COMPRESSION, f"{uid}-s", 1000)
+
                 def make(chunk: int, rate: float, seconds: float) -> list[workload.Msg]:
-                    return workload.paced(customers, rate, seconds, f"{uid}-s{chunk}", 1000 + chunk)
+                    return story.next(rate, seconds)
 
                 warm, sent = phases.soak(worker, bootstrap, topics, args.rate, args.warmup, make, 0)
                 say(f"warm-up: RSS {warm[0][1]:.0f} -> {warm[-1][1]:.0f} MiB")
                 before = phases.state_size(bootstrap, uid)
-
-                def later(chunk: int, rate: float, seconds: float) -> list[workload.Msg]:
-                    return make(chunk + 10_000, rate, seconds)
-
                 measured_from = time.time()
 
                 samples, total = phases.soak(
-                    worker, bootstrap, topics, args.rate, args.minutes, later, sent
+                    worker, bootstrap, topics, args.rate, args.minutes, make, sent
                 )
                 after = phases.state_size(bootstrap, uid)
                 rss_now, hwm = worker.rss_mb()

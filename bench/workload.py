@@ -93,6 +93,8 @@ class Generator:
         self.scale = seconds / (span_hours * HOUR)  # real seconds per model second
         self.n = 0
         self.out: list[Msg] = []
+        # `Story`'s: events after the window, kept for the next one (None: cut, as `build`)
+        self.carry: list[Msg] | None = None
 
     # -- building blocks ---------------------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Generator:
         return t0 + hours * HOUR * self.scale
 
     def _emit(self, customer: str, type_: str, t: float, **fields: Any) -> None:
-        if not self.start <= t < self.end:
+        if t < self.start or (t >= self.end and self.carry is None):
             return  # the episode runs on past (or began before) the window: cut, as in life
         self.n += 1
         event_id = f"{self.prefix}-{self.n}"
@@ -124,7 +126,8 @@ class Generator:
             },
         }
         value = orjson.dumps(event)
-        self.out.append(Msg(t, orders, customer.encode(), value, event_id))
+        msg = Msg(t, orders, customer.encode(), value, event_id)
+        (self.out if t < self.end else self.carry).append(msg)  # type: ignore[union-attr]
 
     # -- episodes ----------------------------------------------------------------------------
 
@@ -233,13 +236,13 @@ class Generator:
 
     # -- the whole ---------------------------------------------------------------------------
 
-    def build(self, events: int, duplicates: float = 0.002) -> list[Msg]:
+    def build(self, events: int, duplicates: float = 0.002, lead: bool = True) -> list[Msg]:
         """About `events` messages (the episodes' events, then repeats), sorted by time."""
         rng = self.rng
         kinds = (self.contacts, self.profile, self.order, self.maintenance, self.complaint)
         weights = (50, 10, 5.5, 3.5, 2.8)
         # Episodes may begin up to half a model day before the window: traffic is under way.
-        lead = 12 * HOUR * self.scale
+        lead = 12 * HOUR * self.scale if lead else 0.0
         while len(self.out) < events * (1 - duplicates):
             t = rng.uniform(self.start - lead, self.end)
             rng.choices(kinds, weights)[0](self._customer(), t)
@@ -258,6 +261,39 @@ def paced(customers: int, rate: float, seconds: float, prefix: str, seed: int) -
     n = max(1, int(rate * seconds))
     start = time.time() + 1.0 + n / 30_000
     return build(customers, n, start, seconds, prefix, seed)
+
+
+class Story:
+    """The paced workload as one unbroken story, told `seconds` at a time (`next`).
+
+    A paced load built chunk by chunk (`paced`) cuts every episode at the chunk's edges: an
+    order placed late in one chunk is never delivered, a delivery early in the next has no
+    order. Over a soak of many chunks that inflates lost orders, `missing_delivery` findings
+    and the open orders kept in state. Here an episode that runs past a chunk's end goes on in
+    the next: its later events are kept and sent then, and each chunk starts where the last
+    one ended (what the sender could not send while the next chunk was built goes out at once
+    when it starts).
+    """
+
+    def __init__(self, customers: int, day: float, prefix: str, seed: int) -> None:
+        start = time.time() + 1.0
+        # a model day in `day` real seconds; the window is set per chunk
+        self.gen = Generator(customers, seed, prefix, start, day)
+        self.gen.carry = []
+        self.edge = start
+        self.told = 0  # chunks so far
+
+    def next(self, rate: float, seconds: float) -> list[Msg]:
+        """The next `seconds` of the story at `rate` events/s (those carried over included)."""
+        g, carry = self.gen, self.gen.carry or []
+        g.start, g.end = self.edge, self.edge + seconds
+        self.edge = g.end
+        g.out = [m for m in carry if m.t < g.end]
+        g.carry = [m for m in carry if m.t >= g.end]
+        g.out.sort(key=lambda m: m.t)
+        msgs = g.build(max(1, int(rate * seconds)), lead=self.told == 0)
+        self.told += 1
+        return msgs
 
 
 def build(

@@ -565,8 +565,12 @@ def main() -> int:
             "store": args.store,
             "brokers": cluster.nodes,
         }
-        # which source partitions the lost records' customers are on: a loss confined to one
-        # partition points at that partition's handover, not at a rule
+        # `lost` counts records (an exception lost as open and as resolved is two); this counts
+        # the exceptions they belong to
+        figures["lost_exceptions"] = len({exception_id for exception_id, _ in lost})
+        # which source partitions the lost records' customers are on (records, as `lost`, so
+        # the counts add up to it): a loss confined to one partition points at that
+        # partition's handover, not at a rule
         figures["lost_by_source_partition"] = dict(
             sorted(
                 Counter(partition_for(oracle_records[k]["customer_id"], 6) for k in lost).items()
