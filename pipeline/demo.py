@@ -34,14 +34,10 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console, Group
-from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
 
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config
 from pipeline.demo_traffic import Traffic
+from pipeline.demo_view import show, summary
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
@@ -242,75 +238,6 @@ class Demo:
         finally:
             await consumer.stop()
 
-    # -- the view -------------------------------------------------------------------------
-
-    def scrape(self) -> dict[str, dict[tuple[str, ...], float]]:
-        """The workers' metrics, per name: open counts from whichever owns dispatch."""
-        import urllib.request
-
-        found: dict[str, dict[tuple[str, ...], float]] = {}
-        for port in self.ports:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-            except OSError:
-                continue
-            for family in text_string_to_metric_families(body.decode()):
-                for s in family.samples:
-                    key = tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                    bucket = found.setdefault(s.name, {})
-                    if s.name in ("casewatch_open_exceptions", "casewatch_handler_capacity"):
-                        bucket[key] = max(bucket.get(key, 0.0), s.value)
-                    else:
-                        bucket[key] = bucket.get(key, 0.0) + s.value
-        return found
-
-    def view(self) -> Group:
-        assert self.config is not None
-        metrics = self.scrape()
-        open_ = metrics.get("casewatch_open_exceptions", {})
-        dead = sum(metrics.get("casewatch_dead_letters_total", {}).values())
-        events = sum(metrics.get("casewatch_events_total", {}).values())
-        elapsed = time.monotonic() - self.began
-        head = (
-            f"broker {self.bootstrap}   workers: "
-            + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in self.ports)
-            + f"\n{elapsed:5.0f}s  published {self.sent}  processed {events:.0f}  "
-            f"dead letters {dead:.0f}   exceptions: "
-            + ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items()))
-            + "   routed: "
-            + ", ".join(f"{n} {r}" for r, n in sorted(self.routed.items()))
-        )
-        queues = Table(title="handler queues (open / capacity)", expand=True)
-        for column in ("handler", "open", "capacity", ""):
-            queues.add_column(column)
-        for name, handler in self.config.handlers.items():
-            n = int(open_.get((f"handler={name}",), 0))
-            bar = "█" * min(n, 30) + "·" * max(0, handler.capacity - n)
-            style = "red" if n >= handler.capacity else "green"
-            queues.add_row(name, str(n), str(handler.capacity), f"[{style}]{bar}[/]")
-        recent = Table(title="newest exceptions", expand=True)
-        for column in ("at", "status", "rule", "customer", "handler", "reason"):
-            recent.add_column(column, overflow="fold")
-        for r in self.recent:
-            recent.add_row(
-                r["detected_at"][11:19],
-                r["status"],
-                r["rule"],
-                r["customer_id"],
-                r["route"]["handler"],
-                r["route"]["reason"],
-            )
-        return Group(Panel(head, title="casewatch demo"), queues, recent)
-
-    def summary(self) -> str:
-        return (
-            "demo summary: exceptions "
-            + ", ".join(f"{s}={n}" for s, n in sorted(self.by_status.items()))
-            + "; routed "
-            + ", ".join(f"{r}={n}" for r, n in sorted(self.routed.items()))
-            + f"; published {self.sent} events"
-        )
-
 
 async def _run(demo: Demo) -> None:
     producer = AIOKafkaProducer(
@@ -324,20 +251,9 @@ async def _run(demo: Demo) -> None:
         asyncio.create_task(demo.watch()),
         asyncio.create_task(demo.handle(producer)),
     ]
-    console = Console()
     try:
         deadline = time.monotonic() + demo.args.duration if demo.args.duration else None
-        if console.is_terminal:
-            with Live(demo.view(), console=console, refresh_per_second=2) as live:
-                while deadline is None or time.monotonic() < deadline:
-                    await asyncio.sleep(1)
-                    live.update(demo.view())
-                    _raise_failed(tasks)
-        else:
-            while deadline is None or time.monotonic() < deadline:
-                await asyncio.sleep(5)
-                _raise_failed(tasks)
-                print(demo.summary(), flush=True)
+        await show(demo, deadline, lambda: _raise_failed(tasks))
     finally:
         for task in tasks:
             task.cancel()
@@ -368,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         demo.stop()
-    print(demo.summary())
+    print(summary(demo))
     print(f"worker logs: {demo.folder}/worker-1.log, worker-2.log")
     return 0
 
