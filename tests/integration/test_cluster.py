@@ -97,16 +97,22 @@ async def describe(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], di
     try:
         # A broker may answer before the new topic's metadata reached it (seen once in CI:
         # no partitions): ask again, as clients do, for up to 30 s.
+        # The same for its configuration (seen once: an answer without the topic's entries).
         async with asyncio.timeout(30):
             while True:
                 (found,) = await admin.describe_topics([topic])
                 if found["partitions"]:
                     break
                 await asyncio.sleep(0.5)
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic)]
-        )
-        configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
+            while True:
+                (response,) = await admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, topic)]
+                )
+                error, _, _, _, entries = response.resources[0]
+                if error == 0 and entries:
+                    break
+                await asyncio.sleep(0.5)
+        configs = {entry[0]: entry[1] for entry in entries}
         return found["partitions"], configs
     finally:
         await admin.close()
