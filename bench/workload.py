@@ -127,7 +127,10 @@ class Generator:
         }
         value = orjson.dumps(event)
         msg = Msg(t, orders, customer.encode(), value, event_id)
-        (self.out if t < self.end else self.carry).append(msg)  # type: ignore[union-attr]
+        if t < self.end:
+            self.out.append(msg)
+        elif self.carry is not None:  # a later chunk's (`Story`)
+            self.carry.append(msg)
 
     # -- episodes ----------------------------------------------------------------------------
 
@@ -290,7 +293,6 @@ class Story:
         self.edge = g.end
         g.out = [m for m in carry if m.t < g.end]
         g.carry = [m for m in carry if m.t >= g.end]
-        g.out.sort(key=lambda m: m.t)
         msgs = g.build(max(1, int(rate * seconds)), lead=self.told == 0)
         self.told += 1
         return msgs
