@@ -282,19 +282,19 @@ class Story:
         start = time.time() + 1.0
         # a model day in `day` real seconds; the window is set per chunk
         self.gen = Generator(customers, seed, prefix, start, day)
-        self.gen.carry = []
+        self.gen.carry = self.carry = []  # events of later chunks, kept until theirs
         self.edge = start
-        self.told = 0  # chunks so far
+        self.first = True  # only the first chunk has episodes under way before it
 
     def next(self, rate: float, seconds: float) -> list[Msg]:
         """The next `seconds` of the story at `rate` events/s (those carried over included)."""
-        g, carry = self.gen, self.gen.carry or []
+        g = self.gen
         g.start, g.end = self.edge, self.edge + seconds
         self.edge = g.end
-        g.out = [m for m in carry if m.t < g.end]
-        g.carry = [m for m in carry if m.t >= g.end]
-        msgs = g.build(max(1, int(rate * seconds)), lead=self.told == 0)
-        self.told += 1
+        g.out = [m for m in self.carry if m.t < g.end]
+        g.carry = self.carry = [m for m in self.carry if m.t >= g.end]
+        msgs = g.build(max(1, int(rate * seconds)), lead=self.first)
+        self.first = False
         return msgs
 
 
