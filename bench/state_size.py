@@ -88,7 +88,7 @@ def heavy_sizes(cfg: Config) -> None:
     replay = Replay(cfg, errors=io.StringIO())
     lines = heavy_year()
     list(replay.feed(lines))
-    state = replay.states["heavy"]
+    state = replay.states[b"heavy"]
     print("heavy customer events", len(lines), "state bytes", len(state))
     saved = plain(state)  # the parts before compression
     print({k: len(orjson.dumps(v)) for k, v in saved.items()})

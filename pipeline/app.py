@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.types import TP
 
 from pipeline.config import Config, Runtime
 from pipeline.durable import App, StateTable
 from pipeline.metrics import Metrics
-from pipeline.offsets import wait_ms
+from pipeline.offsets import SafeConsumer, wait_ms
 from pipeline.routers.step import DispatchStep
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 from pipeline.topics import TICK_RETENTION, internal_name
-from pipeline.worker import TICK, Ingest
+from pipeline.worker import TICK, Worker
 
 log = logging.getLogger(__name__)
 FETCH_BYTES = 512 * 1024  # per partition and fetch (aiokafka's max_partition_fetch_bytes)
@@ -91,7 +92,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     # Faust picks a table's serializers from key_type/value_type: bytes means raw.
     customers = _table(app, "customers", p.partitions)
     clocks = _table(app, "clocks", p.partitions)
-    ingest = Ingest(
+    worker = Worker(
         config=config,
         metrics=metrics,
         dlq=DeadLetterSink(TopicSink(dlq)),
@@ -99,7 +100,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         rekey_topic=rekey_name,
         dispatch=TopicSink(dispatch),
         table=StateTable(app, customers),
-        clocks_table=_TextKeys(clocks),
+        clocks_table=StateTable(app, clocks),
     )
     entries = _table(app, "dispatch", 1)
     router = DispatchStep(
@@ -112,21 +113,42 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         topic=dispatch.get_topic_name(),
     )
 
-    async def consume(stream: Any) -> None:
-        async for event in stream.events():
-            await ingest.handle(event.message)
+    # The source and re-key topics are read in batches straight from the fetch loop, one
+    # partition's fetched records at a time, and acknowledged in bulk (pipeline/offsets.py):
+    # no agent, stream or per-message event (docs/architecture.md). Faust still subscribes
+    # to them, assigns them, seeks and commits them.
+    for topic in (sources, rekey):
+        app.topics.add(topic)
+    app.batch_topics = frozenset({t.interactions, t.orders, rekey_name})
+    app.on_batch = worker.batch
+    # What holds a partition's clock: an input partition with records not read yet. A record
+    # on the re-key topic may be of either input.
+    inputs: list[tuple[str, tuple[str, ...]]] = [
+        (t.interactions, (t.interactions,)),
+        (t.orders, (t.orders,)),
+        (rekey_name, (t.interactions, t.orders)),
+    ]
+
+    def unread(partition: int) -> set[str]:
+        consumer = cast(SafeConsumer, app.consumer)  # our App's
+        return {
+            name
+            for topic, names in inputs
+            if consumer.unread(TP(topic, partition))
+            for name in names
+        }
+
+    worker.unread = unread
 
     async def tick(stream: Any) -> None:
         async for event in stream.events():
-            await ingest.tick(event.message.partition)
+            await worker.tick(event.message.partition)
 
-    app.agent(sources, name="ingest")(consume)
-    app.agent(rekey, name="rekeyed")(consume)
     app.agent(ticks, name="tick")(tick)
 
     async def resolve(stream: Any) -> None:
         async for event in stream.events():
-            await ingest.resolution(event.message)
+            await worker.resolution(event.message)
 
     async def route(stream: Any) -> None:
         async for event in stream.events():
@@ -156,7 +178,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
                 _forget(metrics.watermark_lag, str(tp.partition))
 
     async def recovered() -> None:
-        ingest.recovered(customers.items(), ((k.decode(), v) for k, v in clocks.items()))
+        worker.recovered(customers.items(), ((int(k), v) for k, v in clocks.items()))
 
     customers.on_recover(recovered)
 
@@ -209,20 +231,6 @@ def _table(app: faust.App, name: str, partitions: int) -> Any:
         value_type=bytes,
         schema=faust.Schema(**_RAW),
     )
-
-
-class _TextKeys:
-    """A bytes-keyed table addressed with text keys (partition numbers)."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str) -> bytes | None:
-        value: bytes | None = self.table.get(key.encode())
-        return value
-
-    def __setitem__(self, key: str, value: bytes) -> None:
-        self.table[key.encode()] = value
 
 
 def _forget(gauge: Any, *labels: str) -> None:

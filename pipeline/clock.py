@@ -8,8 +8,12 @@ clock past events the other still holds, and events up to `allowed_lateness` out
 still on time (no deadline after them has fired yet). The clock never goes back.
 
 Faust only moves windows when a later event arrives (faust #250, #385), so a partition whose
-input goes quiet would never fire its deadlines. An input with no event for `idle_after` stops
-holding the clock back. When every input is idle:
+input goes quiet would never fire its deadlines. An input is idle when it is caught up (the
+worker has read every record the broker holds for it) and has brought no event for
+`idle_after`; an idle input stops holding the clock back. An input with records still unread is
+never idle, however long it delivers nothing (the worker's fetches may be serving its other
+inputs, or it is catching up after a restart): passing it would fire deadlines whose closing
+events are still in its backlog. When every input is idle:
 - live input (the newest event is within `allowed_lateness` of the wall clock) follows the wall
   clock, `idle_after` behind it: a deadline that has passed fires about `idle_after` after it
   passed (plus one tick), with no further input at all;
@@ -28,7 +32,7 @@ Pure logic: wall time is passed in (None in replay, where only event time exists
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 NEVER = float("-inf")
@@ -54,9 +58,11 @@ class PartitionClock:
                 self.highs[source] = NEVER
                 self.arrived[source] = wall
 
-    def observe(self, source: str, event_time: float, wall: float | None) -> bool:
+    def observe(
+        self, source: str, event_time: float, wall: float | None, unread: Collection[str] = ()
+    ) -> bool:
         """Take one event's time from input `source` as it arrives; return whether it is late."""
-        late = event_time < self.now(wall)
+        late = event_time < self.now(wall, unread)
         if wall is not None and not self.started:
             # The partition's first event: inputs expected but not seen yet get their
             # `idle_after` from now, not from when the worker started.
@@ -69,13 +75,16 @@ class PartitionClock:
             self.arrived[source] = wall
         return late
 
-    def now(self, wall: float | None = None) -> float:
-        """The clock at wall time `wall` (None: event time only, as in replay)."""
+    def now(self, wall: float | None = None, unread: Collection[str] = ()) -> float:
+        """The clock at wall time `wall` (None: event time only, as in replay). `unread`: the
+        inputs with records not read yet (never idle)."""
         low = None  # the lowest high mark of the active inputs
         for source, high in self.highs.items():
-            if (wall is None or wall - self.arrived.get(source, wall) < self.idle_after) and (
-                low is None or high < low
-            ):
+            if (
+                wall is None
+                or wall - self.arrived.get(source, wall) < self.idle_after
+                or source in unread
+            ) and (low is None or high < low):
                 low = high
         if low is not None:
             clock = low - self.lateness
@@ -118,9 +127,8 @@ class PartitionClock:
         goes on as the previous owner's would have once its input went quiet, from the
         newest event at wall speed, or with the wall clock when the input was live. Without
         them, a previous owner stopped in the middle of a backlog (its clock still
-        `allowed_lateness` behind the newest event) left a clock that stayed that far behind
-        for good (a chaos run of 2026-12-04: 61 deadlines of one partition never fired).
-        Records of before that day have no `seen`: the clock resumes from `mark`."""
+        `allowed_lateness` behind the newest event) would leave a clock that stays that far
+        behind for good. Records written before `seen` was recorded resume from `mark`."""
         self.mark = max(self.mark, mark)
         self.restored = (mark, at_wall)
         if seen is None or wall is None:

@@ -159,12 +159,24 @@ class StateTable:
         return value
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.table.data[key] = value
+        self._store(key, value, partition)
         self.held[key] = (value, partition)
         if len(self.held) >= self.HOLD_RECORDS:
             await self.send_held()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
+
+    def _store(self, key: bytes, value: bytes, partition: int) -> None:
+        store = self.table.data
+        by_partition = getattr(store, "_db_for_partition", None)
+        if by_partition is None:  # the memory store: one dict for every partition
+            store[key] = value
+            return
+        # RocksDB (faust.stores.rocksdb.Store, 0.15.3) keeps a database per partition and takes
+        # a write's partition from the event being processed; a batch has none, so the write
+        # goes to its partition's database here, as `Store._set` would put it.
+        by_partition(partition).put(key, value)
+        store._key_index[key] = partition
 
     def _send_due(self) -> None:
         self._timer = None
@@ -213,6 +225,10 @@ class App(faust.App):
 
     # Called with (tp, first, last) for offsets the broker did not send (pipeline/offsets.py).
     on_offset_gap: Callable[[Any, int, int], None] | None = None
+    # Topics whose fetched records go to `on_batch`, a partition's batch at a time, not to
+    # agents (pipeline/offsets.py); set by build_app.
+    batch_topics: frozenset[str] = frozenset()
+    on_batch: Callable[[list[Any]], Awaitable[None]]
     # The worker consumer's fetches (pipeline/offsets.py): the config's, set by build_app
     fetch_min_bytes: int = PipelineSettings().fetch_min_bytes
     fetch_max_wait_ms: int = wait_ms(PipelineSettings().fetch_max_wait)

@@ -42,7 +42,9 @@ from typing import Any, cast
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP
+from faust.types.tuples import ack_lock
 from mode import Service, ServiceT
+from mode.utils.futures import notify
 from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,11 @@ class SafeConsumer(Consumer):
         # Where reading started after the last seek, for partitions with nothing committed:
         # what a commit must start from (Faust has no such bound for them).
         self._base: dict[TP, int] = {}
+        # The next offset to read of each partition read since the last seek (`unread`).
+        self._next: dict[TP, int] = {}
+        # Set while no batch is with `App.on_batch` (`wait_empty`).
+        self._batch_idle = asyncio.Event()
+        self._batch_idle.set()
 
     def queues_cleared(self) -> None:
         self.epoch += 1
@@ -113,6 +120,7 @@ class SafeConsumer(Consumer):
         self._acked_index.clear()
         self._gap.clear()
         self._base.clear()
+        self._next.clear()
         try:
             await super().perform_seek()
             await self._rewind_uncommitted()
@@ -190,18 +198,102 @@ class SafeConsumer(Consumer):
             hook(tp, offset_from, offset_to - 1)
         await super()._add_gap(tp, offset_from, offset_to)
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
-        # faust.transport.consumer.Consumer._drain_messages (0.15.3), changed where marked.
-        callback = self.callback
+    def next_offset(self, tp: TP) -> int | None:
+        """The next offset of `tp` to be read and processed, None when not known yet."""
+        known = self._next.get(tp)
+        if known is None:
+            known = self._committed_offset.get(tp) or self._base.get(tp)
+        return known
+
+    def unread(self, tp: TP) -> bool:
+        """Whether `tp` has records the worker has not read: its high water (as of the last
+        fetch) is past the next offset to read, or either is not known yet."""
+        try:
+            highwater = self.highwater(tp)
+        except (AssertionError, KeyError):  # aiokafka: not assigned (any more)
+            return False
+        nxt = self.next_offset(tp)
+        return highwater is None or nxt is None or highwater > nxt
+
+    async def wait_empty(self) -> None:
+        # Faust waits for the messages its agents have not acknowledged; a batch handed to
+        # `App.on_batch` is not one of them: it ends, and is acknowledged, first.
+        await self._batch_idle.wait()
+        await super().wait_empty()
+
+    def _ack_batch(self, tp: TP, records: list[Any]) -> None:
+        """`Consumer.ack` (0.15.3) for every record of a batch at once."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            acked = self._acked[tp]
+            n = 0
+            for record in records:
+                offset = record.offset
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    n += 1
+            self._n_acked += n
+            notify(self._waiting_for_ack)
+
+    async def _deliver(self, tp: TP, records: list[Any], epoch: int) -> bool:
+        """Hand a partition's records to the app's batch handler, or one by one to Faust's
+        conductor (the low-volume topics' agents); acknowledge what was processed. False when
+        a rebalance, seek or queue clear cut the delivery: the rest is read again."""
+        app = cast(Any, self.app)
+        if tp.topic in app.batch_topics:
+            generation = app.consumer_generation_id
+            self._batch_idle.clear()
+            try:
+                await app.on_batch(records)
+            finally:
+                self._batch_idle.set()
+            if (
+                self.epoch != epoch
+                or self.suspend_flow.is_set()
+                or app.consumer_generation_id != generation
+            ):
+                # Processed, but the partition may have moved meanwhile: not acknowledged,
+                # read again from the committed offset (the copies are recognised by id).
+                return False
+            self._ack_batch(tp, records)
+            last = records[-1].offset
+            self._read_offset[tp] = last
+            self._next[tp] = last + 1
+            return True
+        to_message, callback = self._to_message, self.callback
+        for record in records:
+            # Faust races every delivery against the flow's suspension (a rebalance) with
+            # four tasks; a delivery that can run to its end at once (the agent's queue has
+            # room) needs no race, so only one that has to wait becomes a task and races
+            # (`start`)
+            if self.suspend_flow.is_set():
+                return False
+            message = to_message(tp, record)
+            # the conductor's on_message, an async def
+            delivery = start(cast(Coroutine[Any, Any, None], callback(message)))
+            if delivery is not None:
+                waited = await self.wait_first(delivery, self.suspend_flow.wait())
+            # a delivery cut by a rebalance, or made across a seek or a clear, may not have
+            # reached its agent: not read
+            if self.epoch != epoch or (delivery is not None and delivery not in waited.done):
+                return False
+            self._read_offset[tp] = record.offset
+            self._next[tp] = record.offset + 1
+        return True
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
+        # faust.transport.consumer.Consumer._drain_messages (0.15.3), with the loop of its
+        # `getmany` inlined: a fetch's records are taken partition by partition (`_deliver`),
+        # not one message at a time, and a record counts as read only when it was processed.
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         read_offset = self._read_offset
-        commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every, since_yield = 100, 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                # changed: records dropped by a queue clear are fetched again
+                # records dropped by a queue clear are fetched again
                 if self.reread and self.flow_active:
                     self.reread = False  # (a clear during the seek sets it again)
                     try:
@@ -212,46 +304,49 @@ class SafeConsumer(Consumer):
                         await self.sleep(1.0)
                         continue  # nothing is fetched before it succeeds
                 self.diag.set_flag(CONSUMER_FETCHING)
-                epoch = self.epoch  # changed
-                ait = self.getmany(timeout=1.0)
+                epoch = self.epoch
+                records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if self.should_stop:
+                if not records or self.should_stop:
                     continue
-                async for tp, message in ait:
-                    since_yield += 1
-                    if since_yield > yield_every:
-                        await asyncio.sleep(0)
-                        since_yield = 0
-                    if self.epoch != epoch:  # changed: fetched before a seek or a clear
+                if not self.flow_active:  # as `getmany`: fetched while stopped, read again
+                    self.reread = True
+                    continue
+                generation = self.app.consumer_generation_id
+                for tp, fetched in records.items():
+                    if (
+                        active is not None
+                        and tp not in active
+                        and tp not in self._buffered_partitions
+                    ):
+                        continue
+                    if (
+                        self.epoch != epoch
+                        or not self.flow_active
+                        or self.app.consumer_generation_id != generation
+                    ):
+                        self.reread = True  # fetched before a seek, a clear or a rebalance
+                        break
+                    r_offset = read_offset.get(tp)
+                    batch = (
+                        fetched
+                        if r_offset is None or fetched[0].offset >= r_offset
+                        else [r for r in fetched if r.offset >= r_offset]
+                    )
+                    if not batch:
+                        continue
+                    if acks_enabled_for(tp.topic):
+                        for record in batch:
+                            if r_offset and record.offset - r_offset > 1:
+                                await self._add_gap(tp, r_offset + 1, record.offset)
+                            r_offset = record.offset
+                    commit_every = self._commit_every
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if not await self._deliver(tp, batch, epoch):
                         self.reread = True
                         break
-                    offset = message.offset
-                    r_offset = read_offset.get(tp)
-                    if r_offset is None or offset >= r_offset:
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None and self._n_acked >= commit_every:
-                            self._n_acked = 0
-                            await self.commit()
-                        # changed: Faust races every delivery against the flow's suspension
-                        # (a rebalance) with four tasks; a delivery that can run to its end at
-                        # once (the agent's queue has room) needs no race, so only one that
-                        # has to wait becomes a task and races (`start`)
-                        if self.suspend_flow.is_set():
-                            self.reread = True
-                            break
-                        # the conductor's on_message, an async def
-                        delivery = start(cast(Coroutine[Any, Any, None], callback(message)))
-                        if delivery is not None:
-                            waited = await self.wait_first(delivery, self.suspend_flow.wait())
-                        # changed: a delivery cut by a rebalance, or made across a seek or a
-                        # clear, may not have reached its agent: not read
-                        if self.epoch != epoch or (
-                            delivery is not None and delivery not in waited.done
-                        ):
-                            self.reread = True
-                            break
-                        read_offset[tp] = offset
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

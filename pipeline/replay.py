@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
@@ -24,17 +24,14 @@ import orjson
 from aiokafka.partitioner import murmur2
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.clock import PartitionClock, PipelineClock
+from pipeline.clock import PipelineClock
 from pipeline.config import Config
-from pipeline.detectors.base import Finding
-from pipeline.engine import DeadlineIndex, Engine, context_of, event_dict, occurred
-from pipeline.errors import InvalidEvent
-from pipeline.ingest import parse_event
+from pipeline.engine import occurred
 from pipeline.models import ExceptionRecord
+from pipeline.processor import Output, Processor, Record
 from pipeline.produce import topic_for
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.routers.tree import redact
-from pipeline.state import CustomerState
 
 
 def partition_for(customer_id: str, partitions: int) -> int:
@@ -66,20 +63,16 @@ class Summary:
 
 
 class Replay:
-    """The live pipeline's logic over an iterable of lines, one process, no broker."""
+    """The live pipeline's logic over an iterable of lines, one process, no broker: the same
+    `Processor` as the worker, fed one line at a time, each line a record of the partition
+    Kafka would give its customer."""
 
     def __init__(self, config: Config, errors: IO[str] | None = None) -> None:
         self.config = config
-        self.engine = Engine(config)
         # Held serialised, exactly as the live table holds them: what does not survive a
         # round trip through the table cannot make replay and live disagree.
-        self.states: dict[str, bytes] = {}
-        self.index = DeadlineIndex()
-        p = config.pipeline
-        self.clocks = [
-            PartitionClock(p.allowed_lateness.total_seconds(), p.idle_after.total_seconds())
-            for _ in range(p.partitions)
-        ]
+        self.states: dict[bytes, bytes] = {}
+        self.processor = Processor(config, self.states.get)
         self.dispatcher = Dispatcher(config, {})
         self.dispatch_clock = PipelineClock()
         self.summary = Summary()
@@ -88,74 +81,48 @@ class Replay:
 
     def feed(self, lines: Iterable[bytes], name: str = "<input>") -> Iterator[ExceptionRecord]:
         """Process lines in order; yield every exception record as it is found."""
-        p = self.config.pipeline
+        partitions = self.config.pipeline.partitions
         for number, line in enumerate(lines, start=1):
             self.summary.lines += 1
             if not line.strip():
                 continue
-            try:
-                event = parse_event(line, p.max_event_bytes)
-            except InvalidEvent as exc:
+            customer, kind, t = _peek(line)
+            partition = partition_for(customer, partitions) if customer is not None else 0
+            topic = topic_for(kind, self.config)
+            out = self.processor.process(
+                partition, (Record(topic, partition, number, customer_key(customer), line),), None
+            )
+            for letter in out.letters:
                 self.summary.invalid += 1
                 print(
-                    f"{name}:{number}: invalid ({exc.error_class}): {exc.reason}", file=self.errors
+                    f"{name}:{number}: invalid ({letter.error_class}): {letter.reason}",
+                    file=self.errors,
                 )
-                continue
-            data = event_dict(event)
-            t = occurred(data)
-            self.newest = max(self.newest, t)
-            partition = partition_for(event.customer_id, p.partitions)
-            clock = self.clocks[partition]
-            if clock.observe(topic_for(event.type, self.config), t, None):
-                self.summary.late += 1
-            now = clock.now(None)
-            self.dispatch_clock.report(partition, now)
-            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
-            yield from self._due(partition, now)
-            customer = event.customer_id
-            state = CustomerState.from_bytes(self.states.get(customer))
-            if state.partition is None:
-                state = replace(state, partition=partition)
-            updated = state.remember(event.event_id, t, p.dedupe_window, p.dedupe_max_ids)
-            if updated is None:
-                self.summary.duplicates += 1
-                continue
-            self.summary.events += 1
-            new, findings = self.engine.observe(updated, data, now)
-            yield from self._records(findings, new, max(t, now))
-            self._store(partition, customer, new)
+            if t is not None and not out.letters:
+                self.newest = max(self.newest, t)
+            yield from self._apply(partition, out)
 
     def finish(self, until: float | None = None) -> Iterator[ExceptionRecord]:
         """End of input: every clock moves to `until` (default: the newest event time)."""
         end = self.newest if until is None else until
-        for partition, clock in enumerate(self.clocks):
-            yield from self._due(partition, clock.advance(end))
+        for partition in range(self.config.pipeline.partitions):
+            yield from self._apply(partition, self.processor.advance(partition, end), report=False)
         yield from self._routed(self.dispatcher.fire(self.dispatch_clock.advance(end)))
 
-    def _due(self, partition: int, now: float) -> Iterator[ExceptionRecord]:
-        for key in list(self.index.due(partition, now)):
-            customer = key.decode()
-            new, findings = self.engine.fire(CustomerState.from_bytes(self.states[customer]), now)
-            yield from self._records(findings, new, now)
-            self._store(partition, customer, new)
-
-    def _store(self, partition: int, customer: str, state: CustomerState) -> None:
-        self.states[customer] = state.to_bytes(self.config.pipeline.compress_state)
-        self.index.set(partition, customer.encode(), self.engine.next_deadline(state))
-
-    def _records(
-        self, findings: list[Finding], state: CustomerState, at: float
-    ) -> Iterator[ExceptionRecord]:
-        """Each finding as a record, through the same dispatcher as live (capacity, overflow,
-        SLA escalation in event time): one line per handler it goes to."""
-        detected = datetime.fromtimestamp(at, UTC)
-        for f in findings:
-            context = context_of(state, f.exception_id)
-            when = max(detected, datetime.fromtimestamp(f.event_time, UTC))
-            record = self.engine.record(f, when, None, context)
-            data = record.model_dump(mode="json", exclude_none=True)
+    def _apply(self, partition: int, out: Output, report: bool = True) -> Iterator[ExceptionRecord]:
+        for (kind, _, _), n in out.counts.items():
+            if kind in ("events", "duplicates", "late"):
+                setattr(self.summary, kind, getattr(self.summary, kind) + n)
+        if report:
+            self.dispatch_clock.report(partition, out.clock)
             yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
-            yield from self._routed(self.dispatcher.on_exception(data, f.event_time))
+        for found in out.found:
+            # Through the same dispatcher as live (capacity, overflow, SLA escalation in event
+            # time): one line per handler it goes to.
+            data = found.record.model_dump(mode="json", exclude_none=True)
+            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
+            yield from self._routed(self.dispatcher.on_exception(data, found.finding.event_time))
+        self.states.update(out.states)
 
     def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:
         at = datetime.fromtimestamp(max(self.dispatch_clock.mark, 0.0), UTC)
@@ -168,6 +135,28 @@ class Replay:
             # As the handler's topic carries it (its redactions applied).
             private = redact(r.record, self.config.handlers[r.handler].redact)
             yield ExceptionRecord.model_validate(private)
+
+
+def customer_key(customer: str | None) -> bytes | None:
+    """A line's Kafka key as `casewatch produce` sends it: its customer id."""
+    return customer.encode() if customer is not None else None
+
+
+def _peek(line: bytes) -> tuple[str | None, str, float | None]:
+    """Customer, event type and time of a line, read only to place it (its partition and
+    topic, as `casewatch produce` would); the processor validates it."""
+    try:
+        data = orjson.loads(line)
+        customer = data.get("customer_id")
+        kind = data.get("type")
+        t = occurred(data) if isinstance(data.get("occurred_at"), str) else None
+    except Exception:
+        return None, "", None
+    return (
+        customer if isinstance(customer, str) else None,
+        kind if isinstance(kind, str) else "",
+        t,
+    )
 
 
 def run(

@@ -1,8 +1,11 @@
-"""An in-memory sink for tests and for offline replay."""
+"""An in-memory sink, for tests of what a worker sends and in which order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from pipeline.sinks.base import Out
 
 
 @dataclass
@@ -26,3 +29,8 @@ class MemorySink:
     ) -> None:
         """Append the record; it is 'durable' at once."""
         self.records.append(SentRecord(key, value, list(headers or [])))
+
+    async def send_all(self, records: Sequence[Out]) -> None:
+        """Append the records in order."""
+        for key, value, headers in records:
+            await self.send(key, value, headers)

@@ -326,3 +326,36 @@ def test_a_write_held_while_a_slow_send_runs_goes_out_when_its_own_hold_ends() -
         return sent
 
     assert asyncio.run(scenario()) == [b"c-1", b"c-2"]
+
+
+def test_a_state_written_outside_any_event_lands_in_its_partitions_rocksdb(tmp_path: Path) -> None:
+    """The worker writes a batch's states with no Faust event being processed; Faust's RocksDB
+    store takes a write's partition from that event (and asserts there is one)."""
+
+    async def scenario() -> tuple[bytes | None, bytes | None, bytes | None]:
+        app = App(
+            "durable-rocksdb",
+            store="rocksdb://",
+            datadir=str(tmp_path),
+            autodiscover=False,
+            web_enabled=False,
+        )
+        table = app.Table(
+            "customers",
+            partitions=3,
+            key_type=bytes,
+            value_type=bytes,
+            schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        )
+        states = StateTable(app, table)
+        await states.put(b"c1", b"state", 2)
+        if states._timer is not None:  # no broker here: nothing is sent
+            states._timer.cancel()
+        store: Any = table.data
+        return (
+            store._db_for_partition(2).get(b"c1"),
+            store._db_for_partition(0).get(b"c1"),
+            states.get(b"c1"),
+        )
+
+    assert asyncio.run(scenario()) == (b"state", None, b"state")

@@ -61,8 +61,20 @@ async def drain(consumer: Any, broker: Broker, drain_messages: Any) -> list[int 
                 await asyncio.sleep(0.05)  # e.g. the loop's sleep(0) every 100 records
             yield PART, Record(TOPIC, offset)
 
+    ours = drain_messages is SafeConsumer._drain_messages
+
+    async def wait_next_records(timeout: float) -> tuple[dict[TP, list[Record]], set[TP]]:  # noqa: ASYNC109
+        # Ours takes a fetch's records a partition at a time, not through `getmany`.
+        batch = next(batches, None)
+        if batch is None:
+            fetcher._stopped.set()
+            return {}, {PART}
+        return {PART: [Record(TOPIC, offset) for offset in batch]}, {PART}
+
     async def callback(message: Record) -> None:
         broker.delivered.append(message.offset)
+        if ours and message.offset == broker.pause_before and "seek" not in broker.delivered:
+            await asyncio.sleep(0.05)  # the delivery waits (the agent's queue is full)
         await broker.during(message.offset)
 
     async def seek_to_committed() -> dict[TP, int]:
@@ -73,6 +85,8 @@ async def drain(consumer: Any, broker: Broker, drain_messages: Any) -> list[int 
         broker.gaps.append((first, to))
 
     consumer.getmany = getmany
+    consumer._wait_next_records = wait_next_records
+    consumer._to_message = lambda tp, record: record
     consumer.callback = callback
     consumer.seek_to_committed = seek_to_committed
     consumer._add_gap = add_gap
@@ -148,6 +162,7 @@ def test_a_seek_between_two_records_is_not_a_gap(drain_messages: Any) -> None:
         assert broker.gaps == [(101, 106)]  # committed without processing after the seek
     else:
         assert broker.gaps == []
+        # the delivery of 106 waited across the seek: read again with the rest
         assert after_seek(broker.delivered) == list(range(100, 112))
 
 
@@ -412,3 +427,99 @@ def test_the_configs_fetch_settings_reach_the_worker_consumer() -> None:
         assert asyncio.run(built()) == (1, 250)
     finally:
         app.consumer._thread.thread_loop.close()  # the consumer's thread never ran
+
+
+def batching(c: Any, handled: list[list[int]], during: Callable[[list[int]], Awaitable[None]]) -> None:
+    """`c`'s app hands TOPIC's records to a batch handler (as build_app sets it up)."""
+
+    async def on_batch(records: list[Record]) -> None:
+        offsets = [r.offset for r in records]
+        handled.append(offsets)
+        await during(offsets)
+
+    c.app.batch_topics = frozenset({TOPIC})
+    c.app.on_batch = on_batch
+
+
+def test_a_partitions_fetched_records_are_one_batch_acknowledged_together() -> None:
+    """No message per record: the handler gets the fetch's records of a partition as one list;
+    once it returns they are acknowledged, and a commit may move past them."""
+
+    async def scenario() -> tuple[list[list[int]], int | None, list[int | str]]:
+        c = consumer()
+        handled: list[list[int]] = []
+
+        async def nothing(offsets: list[int]) -> None:
+            pass
+
+        batching(c, handled, nothing)
+        broker = Broker([list(range(100, 110)), list(range(110, 115))], lambda o: nothing([o]))
+        delivered = await drain(c, broker, SafeConsumer._drain_messages)
+        c._committed_offset[PART] = COMMITTED
+        return handled, c._new_offset(PART), delivered
+
+    handled, committable, delivered = asyncio.run(scenario())
+    assert handled == [list(range(100, 110)), list(range(110, 115))]
+    assert delivered == []  # nothing went through Faust's per-message delivery
+    assert committable == 115
+
+
+def test_a_batch_cut_by_a_seek_is_not_acknowledged_and_is_read_again() -> None:
+    """A rebalance's seek while the handler works: its records may belong to another worker
+    now, or be read again from the committed offset; acknowledging them could let a commit
+    pass records fetched before the seek and never processed."""
+
+    async def scenario() -> tuple[list[list[int]], int | None, list[int | str]]:
+        c = consumer()
+        handled: list[list[int]] = []
+
+        async def during(offsets: list[int]) -> None:
+            if len(handled) == 1:
+                await c.perform_seek()
+
+        batching(c, handled, during)
+
+        async def nothing(offset: int) -> None:
+            pass
+
+        # the second fetch after the seek brings fewer records than the first
+        broker = Broker([list(range(100, 110)), list(range(100, 105))], nothing)
+        delivered = await drain(c, broker, SafeConsumer._drain_messages)
+        c._committed_offset[PART] = COMMITTED
+        return handled, c._new_offset(PART), delivered
+
+    handled, committable, delivered = asyncio.run(scenario())
+    assert handled == [list(range(100, 110)), list(range(100, 105))]
+    assert delivered.count("seek") >= 1
+    assert committable == 105  # 105-109 are read again before a commit passes them
+
+
+def test_a_rebalance_waits_for_the_batch_in_flight() -> None:
+    """Faust's `wait_empty` (every revocation) waits for messages its agents hold; a batch is
+    not one of them, so it also waits for the batch handler to return and its acks."""
+
+    async def scenario() -> list[str]:
+        c = consumer()
+        steps: list[str] = []
+        c._unacked_messages.clear()
+
+        async def commit(*args: Any, **kwargs: Any) -> bool:
+            return True
+
+        c.commit = commit
+        c.commit_and_end_transactions = commit
+        c._batch_idle.clear()  # a batch is with the handler
+
+        async def batch_ends() -> None:
+            await asyncio.sleep(0.05)
+            steps.append("batch acknowledged")
+            c._batch_idle.set()
+
+        task = asyncio.ensure_future(batch_ends())
+        await c.wait_empty()
+        steps.append("revocation goes on")
+        await task
+        c._thread.thread_loop.close()
+        return steps
+
+    assert asyncio.run(scenario()) == ["batch acknowledged", "revocation goes on"]

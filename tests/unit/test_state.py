@@ -207,7 +207,7 @@ def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
                 line("order.delivered", t0 + timedelta(days=day, hours=30), order_id=f"o{day}")
             )
         list(replay.feed(lines))
-        sizes.append(len(replay.states["heavy"]))
+        sizes.append(len(replay.states[b"heavy"]))
     assert max(sizes[60:]) <= 1.2 * max(sizes[30:60])  # flat after the first month
     assert sizes[-1] < 8 * 1024
 
