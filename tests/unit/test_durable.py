@@ -345,7 +345,9 @@ def test_a_state_written_outside_any_event_lands_in_its_partitions_rocksdb(tmp_p
             partitions=3,
             key_type=bytes,
             value_type=bytes,
-            schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+            schema=faust.Schema(
+                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
         )
         states = StateTable(app, table)
         await states.put(b"c1", b"state", 2)

@@ -429,7 +429,9 @@ def test_the_configs_fetch_settings_reach_the_worker_consumer() -> None:
         app.consumer._thread.thread_loop.close()  # the consumer's thread never ran
 
 
-def batching(c: Any, handled: list[list[int]], during: Callable[[list[int]], Awaitable[None]]) -> None:
+def batching(
+    c: Any, handled: list[list[int]], during: Callable[[list[int]], Awaitable[None]]
+) -> None:
     """`c`'s app hands TOPIC's records to a batch handler (as build_app sets it up)."""
 
     async def on_batch(records: list[Record]) -> None:
