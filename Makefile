@@ -8,7 +8,7 @@ KAFKA := deploy/kafka/local-kafka
 # they never touch a broker `make run` left running, nor another test run's.
 TEST_KAFKA_PORT ?=
 
-.PHONY: setup run test unit lint schemas kafka-stop clean lock
+.PHONY: setup run test unit lint schemas kafka-stop clean lock test-upstream
 
 # Every install (setup, CI, `make bench`, the Dockerfile) takes the lock files in requirements/,
 # every package at an exact version, then the project with --no-deps: nothing is resolved at
@@ -42,6 +42,11 @@ lock: $(BIN)/uv
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$$(grep -m1 -o '^uv==[^ ]*' requirements/dev.txt || echo uv)"
+
+# The tests that pin upstream behaviour pipeline/ relies on (the `upstream` marker): what to run
+# first against a new release of faust-streaming, mode-streaming or aiokafka.
+test-upstream: setup
+	$(BIN)/pytest -m upstream tests/unit
 
 # Sets up and runs the demo: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), two
 # workers, realistic traffic with the seed stories, simulated handler teams and a live view.
