@@ -8,15 +8,45 @@ KAFKA := deploy/kafka/local-kafka
 # they never touch a broker `make run` left running, nor another test run's.
 TEST_KAFKA_PORT ?=
 
-.PHONY: setup run test unit lint schemas kafka-stop clean
+.PHONY: setup run test unit lint schemas kafka-stop clean lock test-upstream
 
-$(BIN)/casewatch: pyproject.toml
+# Every install (setup, CI, `make bench`, the Dockerfile) takes the lock files in requirements/,
+# every package at an exact version, then the project with --no-deps: nothing is resolved at
+# install time, so a new release of anything (of faust-streaming, mode and aiokafka above all,
+# whose internals pipeline/ patches: pipeline/versions.py) comes in only through `make lock`.
+# runtime.txt is the image's, dev.txt setup's and CI's, bench.txt the benchmark's: all three
+# from one resolution, so a package has one version in all of them. A package installed or removed
+# by hand (site-packages changes) also makes the next `make setup` install the lock again.
+$(BIN)/casewatch: pyproject.toml requirements/dev.txt $(wildcard $(VENV)/lib/*/site-packages)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 setup: $(BIN)/casewatch
+
+# `make lock` re-resolves pyproject.toml into requirements/ with uv (from the dev extra), keeping
+# each pin that still satisfies pyproject.toml; `make lock UPGRADE=1` takes the newest releases.
+# The next `make setup` installs the result. To move faust-streaming, mode-streaming or aiokafka:
+# change pyproject.toml and pipeline/versions.py, `make lock`, then `make test-upstream`.
+LOCK = $(BIN)/uv pip compile -q --universal --python-version 3.11 --annotation-style line \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) pyproject.toml
+lock: $(BIN)/uv
+	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
+	$(LOCK) --extra dev -c requirements/bench.txt -o requirements/dev.txt
+	$(LOCK) -c requirements/bench.txt -o requirements/runtime.txt
+
+# Only before a first `make setup` (which installs the locked uv): uv at its locked version.
+$(BIN)/uv:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "$$(grep -m1 -o '^uv==[^ ]*' requirements/dev.txt || echo uv)"
+
+# The tests that pin upstream behaviour pipeline/ relies on (the `upstream` marker): what to run
+# first against a new release of faust-streaming, mode-streaming or aiokafka.
+test-upstream: setup
+	$(BIN)/pytest -m upstream tests/unit
 
 # Sets up and runs the demo: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), two
 # workers, realistic traffic with the seed stories, simulated handler teams and a live view.
@@ -77,7 +107,7 @@ clean:
 # Uses KAFKA_BOOTSTRAP_SERVERS, or starts (and removes) its own local broker on a free port.
 .PHONY: bench bench-smoke bench-floor bench-soak
 bench: setup
-	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q --no-deps -r requirements/bench.txt
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(if $(SOAK),--soak $(SOAK))
 
 # What Faust itself costs per message, against the plain client and the worker (bench/floor.py).

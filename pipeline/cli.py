@@ -169,6 +169,11 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from pipeline.versions import untested  # before the imports of what the worker patches
+
+    if why := untested():
+        print(f"casewatch: {why}", file=sys.stderr)
+        return 1
     from faust.worker import Worker
 
     from pipeline.app import build_app

@@ -285,3 +285,15 @@ def test_kubernetes_pods_run_as_the_images_user() -> None:
     for spec in (objects["StatefulSet"]["spec"]["template"], objects["Job"]["spec"]["template"]):
         assert spec["spec"]["securityContext"]["runAsUser"] == uid
     assert objects["StatefulSet"]["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == uid
+
+
+def test_the_image_installs_the_locked_runtime_dependencies_and_resolves_nothing() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    lock = "requirements/runtime.txt"
+    assert (REPO / lock).is_file()
+    assert re.search(rf"^COPY {lock} ", dockerfile, re.MULTILINE)
+    installs = [i.split() for i in re.findall(r"pip install ([^\\&\n]+)", dockerfile)]
+    assert installs, "the Dockerfile installs nothing"
+    assert all("--no-deps" in args for args in installs), installs  # nothing resolved at build
+    assert any(f"-r {lock}" in " ".join(args) for args in installs), installs
+    assert dockerfile.index(f"COPY {lock}") < dockerfile.index(f"-r {lock}")

@@ -66,8 +66,9 @@ def test_flush_returns_only_when_every_change_is_acknowledged() -> None:
     assert acked == [b"k0", b"k1", b"k2", b"k3", b"k4"]
 
 
+@pytest.mark.upstream
 def test_fausts_own_flush_lets_a_commit_overtake_unwritten_changes() -> None:
-    """Why DurableBuffer exists: if this starts failing, Faust fixed its flush."""
+    """Why DurableBuffer exists (the canary): if this starts failing, Faust fixed its flush."""
     topic = SlowTopic(accept=0.15, ack=0.05)
     acked = asyncio.run(run(ProducerBuffer, topic, 5))
     assert len(acked) < 5

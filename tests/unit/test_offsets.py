@@ -21,6 +21,9 @@ TOPIC = "casewatch.interactions"
 PART = TP(TOPIC, 0)
 COMMITTED = 100
 
+# SafeConsumer replaces Faust's fetch loop on Faust's own consumer: `make test-upstream` runs these.
+pytestmark = pytest.mark.upstream
+
 
 @dataclass
 class Record:
