@@ -1,0 +1,248 @@
+"""The live worker and `casewatch replay` are adapters around one processor: the same records
+give the same exception records in the same order, and the worker applies what the processor
+returns in the at-least-once order (outputs acknowledged, then states)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from pipeline.config import load_config
+from pipeline.metrics import Metrics
+from pipeline.processor import Record
+from pipeline.replay import Replay
+from pipeline.sinks.kafka import DeadLetterSink
+from pipeline.sinks.memory import MemorySink
+from pipeline.state import CustomerState
+from pipeline.worker import Worker
+
+BASE = load_config()
+# One partition: every customer's deadlines run on the same clock.
+CONFIG = BASE.model_copy(update={"pipeline": BASE.pipeline.model_copy(update={"partitions": 1})})
+INTERACTIONS, ORDERS = CONFIG.topics.interactions, CONFIG.topics.orders
+REKEY = "casewatch-rekey"
+T0 = datetime(2026, 3, 1, 9, tzinfo=UTC)
+
+
+def ev(event_id: str, type_: str, hours: float, customer: str, **fields: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "type": type_,
+            "customer_id": customer,
+            "occurred_at": (T0 + timedelta(hours=hours)).isoformat(),
+            **fields,
+        }
+    )
+
+
+def topic_of(line: bytes) -> str:
+    return ORDERS if orjson.loads(line)["type"].startswith("order.") else INTERACTIONS
+
+
+class Table:
+    """The customers table as the worker writes it; every write goes in the shared log."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.log = log
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.log.append(("state", key.decode()))
+        self.data[key] = value
+
+
+class Sink(MemorySink):
+    """An in-memory sink whose records count as acknowledged when `send_all` returns."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        super().__init__(name=name)
+        self.log = log
+
+    async def send_all(self, records: Any) -> None:
+        await asyncio.sleep(0)  # the acknowledgement comes later than the call
+        await super().send_all(records)
+        for key, _, _ in records:
+            self.log.append((f"acked:{self.name}", (key or b"").decode()))
+
+
+def worker(log: list[tuple[str, str]]) -> tuple[Worker, Sink, Table]:
+    dispatch = Sink("dispatch", log)
+    table = Table(log)
+    w = Worker(
+        config=CONFIG,
+        metrics=Metrics.create(CollectorRegistry()),
+        dlq=DeadLetterSink(Sink("dlq", log)),  # type: ignore[arg-type]
+        rekey=Sink("rekey", log),
+        rekey_topic=REKEY,
+        dispatch=dispatch,
+        table=table,
+        clocks_table=Table([]),
+    )
+    return w, dispatch, table
+
+
+def live(
+    lines: list[bytes], topics: list[str] | None = None, stored: dict[bytes, bytes] | None = None
+) -> tuple[list[tuple[str, str, str]], Worker, Table]:
+    """The worker over `lines`, one batch, each keyed by its customer: the (exception id,
+    status) it sends to dispatch, in order."""
+    log: list[tuple[str, str]] = []
+    w, dispatch, table = worker(log)
+    table.data.update(stored or {})
+    records = [
+        Record(
+            topic,
+            0,
+            offset,
+            orjson.loads(line)["customer_id"].encode(),
+            line,
+        )
+        for offset, (line, topic) in enumerate(
+            zip(lines, topics or [topic_of(x) for x in lines], strict=True)
+        )
+    ]
+    asyncio.run(w.batch(records))
+    sent = [orjson.loads(r.value or b"")["exception"] for r in dispatch.records]
+    return [(x["rule"], x["exception_id"], x["status"]) for x in sent], w, table
+
+
+def replayed(
+    lines: list[bytes], stored: dict[bytes, bytes] | None = None
+) -> tuple[list[tuple[str, str, str]], Replay]:
+    r = Replay(CONFIG, errors=io.StringIO())
+    r.states.update(stored or {})
+    found = [(x.rule, x.exception_id, x.status) for x in r.feed(lines) if x.status != "escalated"]
+    return found, r
+
+
+def test_deadlines_passed_by_an_event_fire_before_it_live_and_in_replay() -> None:
+    """c-a's parcel is due at +5h; c-b's failed delivery at +10h moves the clock past it
+    (both inputs are at +10h then): c-a's missing delivery comes out before the exception
+    c-b's own event opens."""
+    lines = [
+        ev(
+            "a1",
+            "order.shipped",
+            0,
+            "c-a",
+            order_id="o-a",
+            promised_by=(T0 + timedelta(hours=1)).isoformat(),
+        ),
+        ev("b0", "interaction.contact", 0, "c-b", channel="call", category="billing/question"),
+        ev("b2", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+        ev("b1", "order.delivery_failed", 10, "c-b", order_id="o-b", reason="address not found"),
+    ]
+    ours, _, _ = live(lines)
+    theirs, _ = replayed(lines)
+    assert ours == theirs
+    assert [rule for rule, _, _ in ours] == ["missing_delivery", "delivery_failed"], ours
+
+
+def test_a_re_keyed_event_moves_the_clock_of_its_event_types_input() -> None:
+    """An order event that came through the re-key topic counts as the orders input, as in
+    replay (not as a third input that holds the clock while the orders topic is unseen)."""
+    lines = [
+        ev("i1", "interaction.contact", 2, "c-a", channel="call", category="billing/question"),
+        ev(
+            "o1",
+            "order.placed",
+            3,
+            "c-a",
+            order_id="o-1",
+            value={"amount": "5.00", "currency": "EUR"},
+        ),
+    ]
+    _, w, _ = live(lines, topics=[INTERACTIONS, REKEY])
+    _, r = replayed(lines)
+    expected = (T0 + timedelta(hours=2) - CONFIG.pipeline.allowed_lateness).timestamp()
+    assert r.processor.clocks[0].mark == expected
+    assert w.processor.clocks[0].mark == expected
+
+
+def test_the_partition_that_processed_an_event_owns_the_customer() -> None:
+    """A state written by another partition (the topics were re-partitioned): the partition
+    that processed the event is recorded, live and in replay."""
+    elsewhere = CustomerState(partition=5).to_bytes()
+    lines = [ev("e1", "interaction.contact", 0, "c-a", channel="call", category="billing/question")]
+    _, _, table = live(lines, stored={b"c-a": elsewhere})
+    _, r = replayed(lines, stored={b"c-a": elsewhere})
+    assert CustomerState.from_bytes(table.data[b"c-a"]).partition == 0
+    assert CustomerState.from_bytes(r.states[b"c-a"]).partition == 0
+
+
+def test_a_duplicate_moves_the_clock_and_fires_what_is_due() -> None:
+    """The event that moves the clock past c-a's deadline is a repeat of one c-b sent: its
+    time still counts, live and in replay."""
+    lines = [
+        ev(
+            "b0",
+            "order.placed",
+            0,
+            "c-b",
+            order_id="o-b",
+            value={"amount": "5.00", "currency": "EUR"},
+        ),
+        ev(
+            "a1",
+            "order.shipped",
+            0,
+            "c-a",
+            order_id="o-a",
+            promised_by=(T0 + timedelta(hours=1)).isoformat(),
+        ),
+        ev("b1", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+        ev(
+            "b0",
+            "order.placed",
+            10,
+            "c-b",
+            order_id="o-b",
+            value={"amount": "5.00", "currency": "EUR"},
+        ),  # a repeat of b0's id
+    ]
+    ours, _, _ = live(lines)
+    theirs, r = replayed(lines)
+    assert ours == theirs
+    assert [rule for rule, _, _ in ours] == ["missing_delivery"], ours
+    assert r.summary.duplicates == 1
+
+
+def test_outputs_are_acknowledged_before_any_state_is_written() -> None:
+    """A crash between the two repeats outputs (same ids), never loses one: the state that
+    remembers an event is written only after what the event caused is acknowledged."""
+    lines = [
+        ev(
+            "a1",
+            "order.shipped",
+            0,
+            "c-a",
+            order_id="o-a",
+            promised_by=(T0 + timedelta(hours=1)).isoformat(),
+        ),
+        ev("b0", "interaction.contact", 0, "c-b", channel="call", category="billing/question"),
+        ev("b1", "order.delivery_failed", 10, "c-b", order_id="o-b", reason="address not found"),
+        b'{"not": "an event"}',
+        ev("b2", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+    ]
+    log: list[tuple[str, str]] = []
+    w, _, _ = worker(log)
+    records = [
+        Record(topic_of(x) if b"type" in x else INTERACTIONS, 0, i, b"c-b", x)
+        for i, x in enumerate(lines)
+    ]
+    asyncio.run(w.batch(records))
+    kinds = [k for k, _ in log]
+    assert {"acked:dispatch", "acked:dlq", "acked:rekey"} <= set(kinds)
+    last_ack = max(i for i, k in enumerate(kinds) if k.startswith("acked:"))
+    first_state = kinds.index("state")
+    assert last_ack < first_state, log
+    assert {c for k, c in log if k == "state"} == {"c-b"}  # c-a's event was re-keyed
