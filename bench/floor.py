@@ -18,6 +18,11 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
   and sent with others since 3775c70 (before it, one by one);
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
+- `batch-noop`: no agent: each partition's fetched records handed as one list from the fetch
+  loop to `App.on_batch` and acknowledged together (pipeline/offsets.py), as the worker reads
+  its source topics; doing nothing with them;
+- `batch-table`: the same, `parse_event` and one `StateTable` write per event (`fast-table`'s
+  work without the per-message agent path);
 - `worker`: `python -m pipeline worker` itself (every default rule, routing, context, metrics),
   as bench/run.py's one-worker drain.
 
@@ -34,6 +39,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +59,8 @@ VARIANTS = (
     "fast-table",
     "take-noop",
     "take-table",
+    "batch-noop",
+    "batch-table",
     "worker",
 )
 STATE = b"x" * 900  # about a customer's stored state
@@ -104,7 +112,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         use_partitioner=variant.startswith("take"),
     )
     # only our App sends held table writes before its commits (stock-noop is Faust's own)
-    direct = StateTable(app, table) if variant == "fast-table" else None
+    direct = StateTable(app, table) if variant in ("fast-table", "batch-table") else None
     seen = [0]
     marks: dict[str, float] = {}
 
@@ -145,7 +153,19 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
                     table[key] = STATE
             count(len(events))
 
-    app.agent(sources, name="floor")(batched if variant.startswith("take") else per_event)
+    async def on_batch(records: list[Any]) -> None:
+        if direct is not None:
+            for record in records:
+                parse_event(record.value)
+                await direct.put(record.key, STATE, record.partition)
+        count(len(records))
+
+    if variant.startswith("batch"):
+        app.topics.add(sources)
+        app.batch_topics = frozenset(sources.topics)
+        app.on_batch = on_batch
+    else:
+        app.agent(sources, name="floor")(batched if variant.startswith("take") else per_event)
     from faust.worker import Worker
 
     @app.task  # type: ignore[untyped-decorator]
@@ -184,6 +204,7 @@ def worker(bootstrap: str, prefix: str, total: int) -> dict[str, Any]:
         d = phases.drain([w], total, 600)
     finally:
         stop([w])
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "variant": "worker",
         "events": total,
@@ -230,13 +251,21 @@ def main() -> int:
         "--smoke",
         action="store_true",
         help="what CI runs: 3,000 events; the ceiling, stock-noop (Faust's own App), faust-noop, "
-        "faust-table, fast-table (StateTable) and the worker once",
+        "faust-table, fast-table (StateTable), batch-table (App.on_batch) and the worker once",
     )
     args = p.parse_args()
     if args.smoke:
         args.events, args.customers, args.rounds = 3_000, 1_000, 1
         # every way a variant is built: Faust's App and ours, Faust's table and StateTable
-        args.only = ["ceiling", "stock-noop", "faust-noop", "faust-table", "fast-table", "worker"]
+        args.only = [
+            "ceiling",
+            "stock-noop",
+            "faust-noop",
+            "faust-table",
+            "fast-table",
+            "batch-table",
+            "worker",
+        ]
     if args.child:
         variant, bootstrap, prefix, total, result = args.child
         with tempfile.TemporaryDirectory(prefix="casewatch-floor-") as folder:
@@ -258,7 +287,8 @@ def main() -> int:
                         rows.append(worker(bootstrap, prefix, total) | {"round": r + 1})
                         show(rows[-1])
                         continue
-                    result = Path(tempfile.mkdtemp(prefix="casewatch-floor-")) / "result.json"
+                    scratch = Path(tempfile.mkdtemp(prefix="casewatch-floor-"))
+                    result = scratch / "result.json"
                     cmd = [sys.executable, __file__, "--child", variant, bootstrap, prefix]
                     cmd += [str(total), str(result)]
                     raw = result.with_name("profile.txt")
@@ -289,6 +319,7 @@ def main() -> int:
                     show(rows[-1])
                     if args.profile and raw.exists():
                         print(f"{variant} ({raw}):\n{profile.summarise(raw)}", file=sys.stderr)
+                    shutil.rmtree(scratch, ignore_errors=True)
         finally:
             asyncio.run(loader.delete_topics(bootstrap, [prefix]))
     return 0

@@ -106,7 +106,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     router = DispatchStep(
         config=config,
         metrics=metrics,
-        table=entries,
+        table=StateTable(app, entries),
         handler_sink=handler_topics.__getitem__,
         log_sink=TopicSink(exceptions),
         dlq=DeadLetterSink(TopicSink(dlq)),

@@ -147,7 +147,8 @@ class StateTable:
         self.app = app
         self.table = table
         self.changelog: str = table.changelog_topic.get_topic_name()
-        self.held: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, partition)
+        # key -> (value, partition); a value of None deletes the key (a tombstone)
+        self.held: dict[bytes, tuple[bytes | None, int]] = {}
         self._sending = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()  # started by the timer (the loop keeps
@@ -158,7 +159,15 @@ class StateTable:
         value: bytes | None = self.table.data.get(key)
         return value
 
-    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+    def items(self) -> Any:
+        """Every key and value held locally (Faust's table: recovery, rebuilds)."""
+        return self.table.items()
+
+    async def delete(self, key: bytes, partition: int) -> None:
+        """Remove `key`; its tombstone goes to the changelog as a write does."""
+        await self.put(key, None, partition)
+
+    async def put(self, key: bytes, value: bytes | None, partition: int) -> None:
         self._store(key, value, partition)
         self.held[key] = (value, partition)
         if len(self.held) >= self.HOLD_RECORDS:
@@ -166,17 +175,25 @@ class StateTable:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
 
-    def _store(self, key: bytes, value: bytes, partition: int) -> None:
+    def _store(self, key: bytes, value: bytes | None, partition: int) -> None:
         store = self.table.data
         by_partition = getattr(store, "_db_for_partition", None)
         if by_partition is None:  # the memory store: one dict for every partition
-            store[key] = value
+            if value is not None:
+                store[key] = value
+            else:
+                store.pop(key, None)
             return
         # RocksDB (faust.stores.rocksdb.Store, 0.15.3) keeps a database per partition and takes
         # a write's partition from the event being processed; a batch has none, so the write
         # goes to its partition's database here, as `Store._set` would put it.
-        by_partition(partition).put(key, value)
-        store._key_index[key] = partition
+        db = by_partition(partition)
+        if value is not None:
+            db.put(key, value)
+            store._key_index[key] = partition
+        else:
+            db.delete(key)
+            store._key_index.pop(key, None)
 
     def _send_due(self) -> None:
         self._timer = None

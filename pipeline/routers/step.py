@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -30,11 +30,23 @@ log = logging.getLogger(__name__)
 _DELETED = object()
 
 
+class Table(Protocol):
+    """The dispatch table as DispatchStep writes it (`durable.StateTable`)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+    async def delete(self, key: bytes, partition: int) -> None: ...
+
+
 class _Buffered(MutableMapping[str, dict[str, Any]]):
     """The dispatch table as the dispatcher sees it: reads through, writes held back until
     `flush()`, so a decision's records are acknowledged before its state is written."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
         self.pending: dict[str, Any] = {}
 
@@ -61,13 +73,13 @@ class _Buffered(MutableMapping[str, dict[str, Any]]):
     def __len__(self) -> int:
         raise TypeError("the dispatch table is not sized live")
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         for key, value in self.pending.items():
             if value is _DELETED:
                 if self.table.get(key.encode()) is not None:
-                    del self.table[key.encode()]
+                    await self.table.delete(key.encode(), 0)
             else:
-                self.table[key.encode()] = kept_json(value)
+                await self.table.put(key.encode(), kept_json(value), 0)
         self.pending.clear()
 
 
@@ -85,7 +97,7 @@ class DispatchStep:
 
     config: Config
     metrics: Metrics
-    table: Any  # exception id bytes -> entry JSON
+    table: Table  # exception id bytes -> entry JSON
     handler_sink: Any  # (topic name) -> Sink
     log_sink: Sink  # casewatch.exceptions: every routed record
     dlq: DeadLetterSink
@@ -125,11 +137,14 @@ class DispatchStep:
                 clock = self.clock.report(message["clock"]["p"], message["clock"]["t"])
                 out += self.dispatcher.fire(clock)
             await self._publish(out)
-            self.store.flush()
+            await self.store.flush()
             self._gauges()
         except Exception as exc:
             log.exception("internal error in dispatch")
+            # The decision's table writes are dropped: the dispatcher's counts, changed with
+            # them, go back to what the table holds.
             self.store.pending.clear()
+            self.dispatcher.rebuild((k.decode(), orjson.loads(v)) for k, v in self.table.items())
             letter = DeadLetter(
                 reason=(
                     f"Casewatch failed to route this record ({type(exc).__name__}: {exc}): "

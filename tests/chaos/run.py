@@ -12,7 +12,9 @@ What it does, against a real broker it starts itself (deploy/kafka/local-kafka, 
    rebalance or state recovery) and restarting it; the broker is stopped and started once;
 3. publishes the events paced over the run, waits until everything is consumed and every
    deadline has passed, then reads every handler topic with a `read_committed` consumer and
-   compares (exception_id, status) with the oracle: lost, spurious, duplicates.
+   compares (exception_id, status) with the oracle: lost, spurious, duplicates. Every record
+   a handler topic received counts, not only the last state of an exception: an open the
+   oracle lacks is spurious however soon it was resolved (and its resolution is too).
 Exit status 1 when anything was lost or spurious. Figures are printed and written as JSON.
 """
 

@@ -82,7 +82,17 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def step(config: Config, acks: Acks, table: dict[bytes, bytes]) -> DispatchStep:
+class DictTable(dict[bytes, bytes]):
+    """The dispatch table in memory, written as DispatchStep writes `StateTable`."""
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self[key] = value
+
+    async def delete(self, key: bytes, partition: int) -> None:
+        self.pop(key, None)
+
+
+def step(config: Config, acks: Acks, table: DictTable) -> DispatchStep:
     return DispatchStep(
         config=config,
         metrics=Metrics.create(),
@@ -104,9 +114,39 @@ def test_records_with_one_topic_and_key_go_one_after_the_other(config: Config) -
     asyncio.run(_one_after_the_other(config))
 
 
+def test_a_decision_that_fails_leaves_the_counts_as_the_table_has_them(config: Config) -> None:
+    """The records of a decision were not all written: its table writes are dropped, and the
+    open counts the dispatcher changed with them go back too (capacity stays true)."""
+
+    async def scenario() -> tuple[int, DictTable]:
+        acks: Acks = Acks()
+        table = DictTable()
+        router = step(config, acks, table)
+
+        def refuse(name: str) -> Any:
+            raise RuntimeError("the handler topic is gone")
+
+        router.handler_sink = refuse
+        letters: list[bytes | None] = []
+
+        class DeadLetters:
+            async def send(self, key: bytes | None, value: bytes | None, letter: Any) -> None:
+                letters.append(value)
+
+        router.dlq = DeadLetters()  # type: ignore[assignment]
+        await router.handle(
+            orjson.dumps({"exception": record("open", "2026-01-01T00:00:00+00:00")}), 0
+        )
+        return router.dispatcher.open_count("logistics"), table
+
+    count, table = asyncio.run(scenario())
+    assert table == {}
+    assert count == 0
+
+
 async def _together(config: Config) -> None:
     acks: Acks = Acks()
-    table: dict[bytes, bytes] = {}
+    table = DictTable()
     router = step(config, acks, table)
     message = orjson.dumps({"exception": record("open", "2026-01-01T00:00:00+00:00")})
     handled = asyncio.create_task(router.handle(message, 0))
@@ -125,7 +165,7 @@ async def _together(config: Config) -> None:
 
 async def _one_after_the_other(config: Config) -> None:
     acks: Acks = Acks()
-    table: dict[bytes, bytes] = {}
+    table = DictTable()
     router = step(config, acks, table)
     opened = asyncio.create_task(
         router.handle(orjson.dumps({"exception": record("open", "2026-01-01T00:00:00+00:00")}))
