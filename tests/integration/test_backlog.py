@@ -26,7 +26,7 @@ def one_partition(config_file: Path) -> Path:
     """One partition, and inputs idle after 50 ms: a partition whose orders input delivers
     nothing for that long while it is read counts as quiet, unless its backlog is seen."""
     data = yaml.safe_load(config_file.read_text())
-    data["pipeline"] |= {"partitions": 1, "idle_after": "50ms"}
+    data["pipeline"] |= {"partitions": 1, "idle_after": "1ms"}
     config_file.write_text(yaml.safe_dump(data, sort_keys=False))
     return config_file
 

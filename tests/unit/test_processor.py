@@ -246,3 +246,26 @@ def test_outputs_are_acknowledged_before_any_state_is_written() -> None:
     first_state = kinds.index("state")
     assert last_ack < first_state, log
     assert {c for k, c in log if k == "state"} == {"c-b"}  # c-a's event was re-keyed
+
+
+def test_after_a_restart_an_input_with_unread_records_holds_the_clock() -> None:
+    """The worker recorded its clock with both inputs at T; c-a's parcel was due at T+20 s and
+    its delivery is unread in the orders partition when a new worker resumes at T+60 s. While
+    the orders input has unread records its clock stays where the records left it, however
+    long they take to arrive; once it is caught up and quiet, the deadline fires."""
+    from pipeline.processor import Processor
+
+    t = T0.timestamp()
+    due = (T0 + timedelta(seconds=20) - timedelta(hours=4)).isoformat()  # the grace is 4 h
+    shipped = ev("a1", "order.shipped", 0, "c-a", order_id="o-a", promised_by=due)
+    states: dict[bytes, bytes] = {}
+    before = Processor(CONFIG, states.get)
+    states.update(before.process(0, [Record(ORDERS, 0, 0, b"c-a", shipped)], t).states)
+    clock = orjson.dumps({"mark": t - 300, "wall": t, "seen": {INTERACTIONS: t, ORDERS: t}})
+
+    after = Processor(CONFIG, states.get)
+    after.recovered(states.items(), [(0, clock)], t + 60)
+    held = [after.tick(0, t + 60 + s, unread={ORDERS}).found for s in (1, 5, 30)]
+    assert held == [[], [], []]
+    (found,) = after.tick(0, t + 95, unread=()).found
+    assert found.finding.rule == "missing_delivery"
