@@ -18,6 +18,7 @@ from pipeline import __version__, demo, handle, report
 from pipeline.access import check_access, check_reachable, explain, unreachable
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
 from pipeline.errors import ConfigError, KafkaAccessError, Unavailable
+from pipeline.security import SOURCE
 
 if TYPE_CHECKING:
     from pipeline.metrics import Metrics
@@ -46,9 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush at exit does not complain about the same closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
-    except RecursionError:  # deep input the readers did not catch themselves
-        print("casewatch: the input is too deeply nested to read", file=sys.stderr)
-        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"casewatch: {_config_problems(exc)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -70,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _config_problems(exc: ConfigError) -> str:
     """One problem on one line; several as a list under a line that counts them."""
-    what = "invalid environment" if exc.file == "environment" else f"invalid config {exc.file}"
+    what = "invalid environment" if exc.file == SOURCE else f"invalid config {exc.file}"
     if len(exc.problems) == 1:
         return f"{what}: {exc.problems[0]}"
     return f"{what}: {len(exc.problems)} problems:\n" + "\n".join(f"  - {p}" for p in exc.problems)

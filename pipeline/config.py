@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError
 from pipeline.problems import describe
 from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree, reachable_below_root
 from pipeline.rules import Rule
-from pipeline.security import KafkaSecurity
+from pipeline.security import SOURCE, KafkaSecurity
 
 __all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration", "review"]
 
@@ -258,7 +258,7 @@ class Runtime(BaseModel):
         except ValidationError as exc:
             wrong = dict.fromkeys(str(err["loc"][0]) for err in exc.errors())
             raise ConfigError(
-                "environment",
+                SOURCE,
                 [f"{ENV[f][0]}={fields[f]!r} is not valid: expected {ENV[f][1]}" for f in wrong],
             ) from None
 
