@@ -8,15 +8,17 @@ the environment variable to fix. The settings themselves: pipeline/security.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 from aiokafka import errors
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.errors import KafkaAccessError
+from pipeline.errors import KafkaAccessError, Unavailable
 from pipeline.security import TLS, KafkaSecurity
 
+REACH_SECONDS = 3.0  # a TCP connect to each bootstrap server, all at once
 CHECK_SECONDS = 15.0  # one sign-in: TCP, TLS and SASL round trips
 PROBE_SECONDS = 2.0  # a broker that wants a client certificate says so right after the handshake
 _AUTHORIZATION = (
@@ -31,6 +33,41 @@ _WHAT = {
     errors.ClusterAuthorizationFailedError: "a cluster operation",
     errors.TransactionalIdAuthorizationFailed: "transactional id",
 }
+
+
+async def check_reachable(bootstrap: str, seconds: float = REACH_SECONDS) -> None:
+    """Open a TCP connection to every bootstrap server at once and hang up; `Unavailable` names
+    each address and why when none answers. Faust, left to find out, retries and then ends
+    in a traceback of dozens of lines."""
+    hosts = [(host, port) for host, port, _ in collect_hosts(bootstrap, randomize=False)]
+    why = await asyncio.gather(*(_connect(host, port, seconds) for host, port in hosts))
+    if all(why):
+        failed = ", ".join(f"{h}:{p} ({w})" for (h, p), w in zip(hosts, why, strict=True))
+        raise Unavailable(unreachable(failed))
+
+
+def unreachable(where: str) -> str:
+    """The one line of a command that cannot reach Kafka at `where`."""
+    return (
+        f"cannot reach Kafka at {where}: start it (deploy/kafka/local-kafka start), "
+        "or set KAFKA_BOOTSTRAP_SERVERS to your brokers"
+    )
+
+
+async def _connect(host: str, port: int, seconds: float) -> str | None:
+    try:
+        async with asyncio.timeout(seconds):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer within {seconds:g}s"
+    except socket.gaierror:
+        return "unknown host"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    return None
 
 
 async def check_access(bootstrap: str, security: KafkaSecurity) -> None:

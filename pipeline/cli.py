@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline import __version__, demo, handle, report
-from pipeline.access import check_access, explain
-from pipeline.config import Config, Runtime, load_config
-from pipeline.errors import ConfigError, KafkaAccessError
+from pipeline.access import check_access, check_reachable, explain, unreachable
+from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
+from pipeline.errors import ConfigError, KafkaAccessError, Unavailable
+from pipeline.security import SOURCE
 
-EXIT_CONFIG = 2
+if TYPE_CHECKING:
+    from pipeline.metrics import Metrics
+
+# Exit codes (docs/operations.md, "Exit codes")
+EXIT_FAILURE = 1  # the environment: Kafka unreachable or refusing us, a port taken
+EXIT_CONFIG = 2  # bad input: the config file, an environment variable, an argument, a path
+EXIT_PIPE = 141  # the reader of stdout went away (| head): 128 + SIGPIPE, as `cat` reports it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,29 +40,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is caught below
         return code
+    except BrokenPipeError:
+        # Quietly, as Unix tools do; stdout goes to /dev/null so that the interpreter's own
+        # flush at exit does not complain about the same closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except ConfigError as exc:
-        print(f"casewatch: invalid config {exc}", file=sys.stderr)
+        print(f"casewatch: {_config_problems(exc)}", file=sys.stderr)
         return EXIT_CONFIG
-    except KafkaAccessError as exc:
+    except (KafkaAccessError, Unavailable) as exc:
         print(f"casewatch: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except KafkaConnectionError as exc:
         if why := _explain(exc):  # connected, then refused: credentials or TLS
             print(f"casewatch: {why}", file=sys.stderr)
-            return 1
-        servers = Runtime.from_env().bootstrap_servers
-        print(
-            f"casewatch: cannot reach Kafka at {servers}: start the local broker "
-            "(deploy/kafka/local-kafka start) or set KAFKA_BOOTSTRAP_SERVERS to your brokers",
-            file=sys.stderr,
-        )
-        return 1
+            return EXIT_FAILURE
+        print(f"casewatch: {unreachable(Runtime.from_env().bootstrap_servers)}", file=sys.stderr)
+        return EXIT_FAILURE
     except KafkaError as exc:
         if why := _explain(exc):  # an ACL missing: one line; anything else stays a traceback
             print(f"casewatch: {why}", file=sys.stderr)
             return 1
         raise
+
+
+def _config_problems(exc: ConfigError) -> str:
+    """One problem on one line; several as a list under a line that counts them."""
+    what = "invalid environment" if exc.file == SOURCE else f"invalid config {exc.file}"
+    if len(exc.problems) == 1:
+        return f"{what}: {exc.problems[0]}"
+    return f"{what}: {len(exc.problems)} problems:\n" + "\n".join(f"  - {p}" for p in exc.problems)
 
 
 def _explain(exc: KafkaError) -> str | None:
@@ -73,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file and report every problem")
     c.add_argument(
         "--config", default=None, help="config file (default: CASEWATCH_CONFIG or built-in)"
+    )
+    c.add_argument(
+        "--strict", action="store_true", help="exit 2 on warnings too (e.g. a rule no route takes)"
     )
     c.set_defaults(func=_check)
 
@@ -134,8 +155,14 @@ def _instant(text: str) -> datetime:
     return value
 
 
-def _config(path: str | None) -> Config:
-    return load_config(path or Runtime.from_env().config_path)
+def _config(path: str | None, runtime: Runtime | None = None) -> Config:
+    """The config file, valid and fit to run (a config without rules watches nothing)."""
+    file = path or (runtime or Runtime.from_env()).config_path
+    config = load_config(file)
+    errors, _ = review(config)
+    if errors:
+        raise ConfigError(str(file or DEFAULT_CONFIG), errors)
+    return config
 
 
 def _schemas(args: argparse.Namespace) -> int:
@@ -152,7 +179,10 @@ def _check(args: argparse.Namespace) -> int:
     print(f"ok: {config.pipeline.partitions} partitions, app id {config.pipeline.app_id}")
     for name, rule in config.rules.items():
         print(f"  rule {name:24} {rule.kind:10} {rule.severity:8} version {rule.version()}")
-    return 0
+    _, warnings = review(config)
+    for warning in warnings:
+        print(f"casewatch: warning: {warning}", file=sys.stderr)
+    return EXIT_CONFIG if warnings and args.strict else 0
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -181,10 +211,11 @@ def _worker(args: argparse.Namespace) -> int:
     from pipeline.metrics import Metrics
 
     runtime = Runtime.from_env()
-    config = load_config(args.config or runtime.config_path)
+    config = _config(args.config, runtime)
     metrics = Metrics.create()
     if runtime.metrics_port:
-        metrics.serve(runtime.metrics_port)
+        _serve(metrics, runtime.metrics_port)
+    asyncio.run(check_reachable(runtime.bootstrap_servers))  # before Faust retries and raises
     # Sign in once first: Faust reports rejected credentials as a traceback ending in
     # "Unable to bootstrap", which names neither the user nor the variable to fix.
     asyncio.run(check_access(runtime.bootstrap_servers, runtime.security))
@@ -202,15 +233,33 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(metrics: Metrics, port: int) -> None:
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot serve metrics on port {port} ({exc.strerror}): stop what holds it, or set "
+            "CASEWATCH_METRICS_PORT to a free port (0: no metrics server)"
+        ) from None
+
+
 def _routes_test(args: argparse.Namespace) -> int:
-    from pipeline.routers.tree import parse_assignments
+    from pipeline.models import DetectorKind, ExceptionStatus, Severity
+    from pipeline.routers.tree import check_assignments, parse_assignments
 
     config = _config(args.config)
+    known = {
+        "rule": sorted(config.rules),
+        "kind": get_args(DetectorKind),
+        "severity": get_args(Severity),
+        "status": get_args(ExceptionStatus),
+    }
     try:
         view = parse_assignments(args.fields)
+        check_assignments(view, known)
     except ValueError as exc:
         print(f"casewatch: routes test: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     for route in config.router().match(view):
         h = config.handlers[route.handler]
         print(
@@ -226,9 +275,17 @@ def _replay(args: argparse.Namespace) -> int:
 
     config = _config(args.config)
     if not Path(args.file).is_file():
-        print(f"casewatch: replay: {args.file}: no such file", file=sys.stderr)
-        return 1
+        print(f"casewatch: replay: {args.file}: no such file: check the path", file=sys.stderr)
+        return EXIT_CONFIG
     if args.out:
+        folder = Path(args.out).parent
+        if not folder.is_dir():
+            print(
+                f"casewatch: replay: --out {args.out}: there is no folder {folder}: create it, "
+                "or write elsewhere",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         with open(args.out, "wb") as out:
             summary = run(args.file, config, out, args.until, sys.stderr.isatty())
     else:

@@ -25,11 +25,12 @@ from pydantic import (
 
 from pipeline.durations import Duration, parse_duration
 from pipeline.errors import ConfigError
-from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree
+from pipeline.problems import describe
+from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree, reachable_below_root
 from pipeline.rules import Rule
-from pipeline.security import KafkaSecurity
+from pipeline.security import SOURCE, KafkaSecurity
 
-__all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration"]
+__all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration", "review"]
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "casewatch.yaml"
 
@@ -117,9 +118,33 @@ def load_config(path: str | Path | None = None) -> Config:
     """Load and validate the config file; `ConfigError` lists every problem found."""
     file = Path(path) if path else DEFAULT_CONFIG
     try:
-        text = file.read_text(encoding="utf-8")
+        return _load(file)
+    except RecursionError:  # PyYAML composes, and pydantic validates, by recursion
+        raise ConfigError(
+            str(file),
+            [
+                "(top level): too deeply nested to load: a config is a few levels deep; "
+                "check that this is the file you meant"
+            ],
+        ) from None
+
+
+def _load(file: Path) -> Config:
+    try:
+        raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError(str(file), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            str(file),
+            [
+                f"line {line} (byte offset {exc.start}): 0x{raw[exc.start]:02x} is not UTF-8: "
+                "save the file as UTF-8"
+            ],
+        ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
@@ -133,11 +158,37 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(str(file), [_problem(e) for e in exc.errors(include_url=False)]) from None
+        raise ConfigError(str(file), describe(exc.errors(include_url=False), Config)) from None
     problems = _compiled(config)[1]
     if problems:
         raise ConfigError(str(file), problems)
     return config
+
+
+def review(config: Config) -> tuple[list[str], list[str]]:
+    """What makes a valid config unfit to run (errors), and what is likely a mistake (warnings).
+
+    Apart from `load_config` so that a routing or dispatch test may load a tree without rules;
+    every command that runs a config calls both.
+    """
+    errors = [] if config.rules else [NO_RULES]
+    root = config.router()
+    warnings = [
+        f"rules.{name}: no route under 'route.routes' can match it: all of its exceptions go "
+        f"to the root's handler {root.handler!r}: add a route for it (e.g. match: "
+        f"['rule = {name}']), or check the spelling of the rule in the routes"
+        for name, rule in config.rules.items()
+        if not reachable_below_root(
+            root, {"rule": name, "kind": rule.kind, "severity": rule.severity}
+        )
+    ]
+    return errors, warnings
+
+
+NO_RULES = (
+    "rules: no rules: a config without rules watches nothing: add one under 'rules' "
+    "(docs/detectors.md, 'Kinds')"
+)
 
 
 def _compiled(config: Config) -> tuple[Route, list[str]]:
@@ -178,19 +229,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML ({what}): check the indentation and quoting there"
 
 
-def _problem(err: Any) -> str:
-    path = (
-        ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
-    )
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key: remove it or check its spelling"
-    if kind == "missing":
-        return f"{path}: required key is missing: add it"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{path}: {msg}"
-
-
 class Runtime(BaseModel):
     """Where this process runs, from the environment (never from the rules file)."""
 
@@ -198,7 +236,7 @@ class Runtime(BaseModel):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     config_path: str | None = None
-    metrics_port: int = 9464
+    metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no metrics server
     state_dir: str = "./casewatch-data"
     # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster after a
     # clean stop; after an unclean one its tables are deleted and rebuilt (pipeline/durable.py).
@@ -213,13 +251,45 @@ class Runtime(BaseModel):
         """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables (pipeline/security.py)
         and the `CASEWATCH_*` variables."""
         e = os.environ if env is None else env
-        fields: dict[str, Any] = {
-            "bootstrap_servers": e.get("KAFKA_BOOTSTRAP_SERVERS"),
-            "config_path": e.get("CASEWATCH_CONFIG"),
-            "metrics_port": e.get("CASEWATCH_METRICS_PORT"),
-            "state_dir": e.get("CASEWATCH_STATE_DIR"),
-            "store": e.get("CASEWATCH_STORE"),
-            "guarantee": e.get("CASEWATCH_PROCESSING_GUARANTEE"),
-            "security": KafkaSecurity.from_env(e),
-        }
-        return cls.model_validate({k: v for k, v in fields.items() if v})
+        fields: dict[str, Any] = {f: e.get(var) for f, (var, _) in ENV.items()}
+        fields["security"] = KafkaSecurity.from_env(e)
+        try:
+            return cls.model_validate({k: v for k, v in fields.items() if v})
+        except ValidationError as exc:
+            wrong = dict.fromkeys(str(err["loc"][0]) for err in exc.errors())
+            raise ConfigError(
+                SOURCE,
+                [f"{ENV[f][0]}={fields[f]!r} is not valid: expected {ENV[f][1]}" for f in wrong],
+            ) from None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, colon, port = server.strip().rpartition(":")
+            if not colon:
+                host, port = port, "9092"  # Kafka's default port, as aiokafka and Faust assume
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(server)
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not value.startswith(("memory://", "rocksdb://")):
+            raise ValueError(value)
+        return value
+
+
+# Runtime field -> its environment variable, and the form a value takes (in the error)
+ENV = {
+    "bootstrap_servers": (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "host:port, or several separated by commas, e.g. k1:9092,k2:9092",
+    ),
+    "config_path": ("CASEWATCH_CONFIG", "the path of a config file"),
+    "metrics_port": ("CASEWATCH_METRICS_PORT", "a port number 1-65535, or 0 for no metrics server"),
+    "state_dir": ("CASEWATCH_STATE_DIR", "a folder"),
+    "store": ("CASEWATCH_STORE", "memory:// or rocksdb://"),
+    "guarantee": ("CASEWATCH_PROCESSING_GUARANTEE", "at_least_once or exactly_once"),
+}

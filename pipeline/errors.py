@@ -1,14 +1,17 @@
 """Every error Casewatch raises on purpose, in one tree.
 
     CasewatchError
-    ├── ConfigError            the rules file is invalid: file, path inside it, and the fix
+    ├── ConfigError            the rules file (or the environment's settings) is invalid: file,
+    │                          path inside it, and the fix; the command exits 2
     ├── HandleError            `casewatch handle`: no such exception id, row or topic
     ├── InvalidEvent           an input message cannot be an event; goes to the dead-letter topic
     ├── KafkaAccessError       Kafka refused this client: credentials rejected, TLS failed
     ├── ReportError            `casewatch report`: a topic to read is not there
-    └── SinkError              an output could not be written
-        ├── RetryableSinkError     a broker or network hiccup: the same write may succeed later
-        └── FatalSinkError         the write can never succeed as is (authorisation, record too big)
+    ├── SinkError              an output could not be written
+    │   ├── RetryableSinkError     a broker or network hiccup: the same write may succeed later
+    │   └── FatalSinkError         the write can never succeed as is (authorisation, record too big)
+    └── Unavailable            what the command needs from this host is not there: Kafka does not
+                               answer, the metrics port is taken; the command exits 1
 
 Whether a sink error is worth retrying is carried by its type, not by its message.
 """
@@ -67,3 +70,8 @@ class RetryableSinkError(SinkError):
 
 class FatalSinkError(SinkError):
     """A permanent failure: retrying the same write cannot succeed."""
+
+
+class Unavailable(CasewatchError):
+    """What a command needs from the host it runs on is not there (Kafka does not answer, a port
+    is taken). The message names the address and the variable or action that fixes it."""

@@ -12,6 +12,7 @@ and the subject (`subject.order_id`), with the rules' condition syntax.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,17 @@ def compile_tree(root: RouteNode, handlers: Mapping[str, Handler]) -> tuple[Rout
     return build(root, "route", "root", root.handler or ""), problems
 
 
+def reachable_below_root(root: Route, known: Mapping[str, str]) -> bool:
+    """Whether a node under the root may take an exception whose `known` fields have these
+    values (a condition on any other field may hold). A node that matches takes what none of
+    its children take, so one child of the root that may match is enough."""
+    return any(
+        not child.matchers
+        or any(all(m.field not in known or m.matches(known) for m in g) for g in child.matchers)
+        for child in root.children
+    )
+
+
 def routing_view(record: Mapping[str, Any]) -> dict[str, Any]:
     """The flat fields a route matches on, from an exception record (as a dict)."""
     context = record.get("context") or {}
@@ -198,9 +210,33 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
             view[name] = value
         else:
             raise ValueError(
-                f"{pair!r}: unknown field {name!r}: use {', '.join(ROUTE_FIELDS)} or subject.<field>"
+                f"{pair!r}: unknown field {name!r}:{_did_you_mean(name, ROUTE_FIELDS)} use "
+                f"{', '.join(ROUTE_FIELDS)} or subject.<field>"
             )
     return view
+
+
+def check_assignments(view: Mapping[str, Any], known: Mapping[str, Sequence[str]]) -> None:
+    """`ValueError` naming each value outside its field's known set (`known`: field -> the
+    values it can take) and a `value` that is not a number."""
+    problems = [
+        f"unknown {field} {view[field]!r}:{_did_you_mean(view[field], values)} known: "
+        f"{', '.join(values) or 'none'}"
+        for field, values in known.items()
+        if view.get(field) is not None and view[field] not in values
+    ]
+    if view.get("value") is not None:
+        try:
+            float(view["value"])
+        except ValueError:
+            problems.append(f"value {view['value']!r} is not a number: write e.g. value=500")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" did you mean {close[0]!r}?" if close else ""
 
 
 REDACTED = "[redacted]"

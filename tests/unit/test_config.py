@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Runtime, load_config, parse_duration
+from pipeline.config import Config, Runtime, load_config, parse_duration, review
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
     [
         (
             "pipeline:\n  partitons: 3\n",
-            ["pipeline.partitons: unknown key: remove it or check its spelling"],
+            ["pipeline.partitons: unknown field 'partitons': did you mean 'partitions'?"],
         ),
         (
             "pipeline:\n  idle_after: soon\n",
@@ -48,7 +48,7 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
         ),
         (
             "pipeline:\n  compress_state: maybe\n",
-            ["pipeline.compress_state: Input should be a valid boolean, unable to interpret input"],
+            ["pipeline.compress_state: expected true or false, got 'maybe'"],
         ),
         (
             "pipeline:\n  fetch_max_wait: 30s\n",
@@ -59,9 +59,9 @@ def test_shipped_config_loads_with_contract_topic_names() -> None:
         ),
         (
             "pipeline:\n  partitions: 0\n",
-            ["pipeline.partitions: Input should be greater than or equal to 1"],
+            ["pipeline.partitions: expected at least 1, got 0"],
         ),
-        ("version: 2\n", ["version: Input should be 1"]),
+        ("version: 2\n", ["version: expected 1, got 2"]),
         ("- a\n- b\n", ["(top level): expected a mapping of sections, e.g. 'pipeline:'"]),
     ],
 )
@@ -118,3 +118,151 @@ def test_runtime_comes_from_the_environment() -> None:
     assert runtime.bootstrap_servers == "k1:9092,k2:9092"
     assert runtime.metrics_port == 9500
     assert Runtime.from_env({}).bootstrap_servers == "127.0.0.1:9092"
+
+
+RULE = "rules:\n  foo:\n    kind: threshold\n    when: ['type = interaction.contact']\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "rules:\n  foo:\n    kind: absense\n",
+            "rules.foo.kind: unknown rule kind 'absense': did you mean 'absence'? "
+            "(known: absence, match, threshold)",
+        ),
+        (
+            "rules:\n  foo:\n    severity: high\n",
+            "rules.foo.kind: required key is missing: add it (rule kinds: absence, match, "
+            "threshold)",
+        ),
+        (
+            RULE + "    count: three\n    window: 1h\n",
+            "rules.foo.count: expected a whole number, got 'three'",
+        ),
+        (
+            RULE + "    count: 2.5\n    window: 1h\n",
+            "rules.foo.count: expected a whole number, got 2.5",
+        ),
+        (
+            RULE + "    count: 5000\n    window: 1h\n",
+            "rules.foo.count: expected at most 1000, got 5000",
+        ),
+        (
+            RULE + "    count: 3\n    window: 1h\n    severity: hihg\n",
+            "rules.foo.severity: expected one of low, medium, high, critical, got 'hihg': "
+            "did you mean 'high'?",
+        ),
+        (
+            RULE + "    count: 3\n    window: 1h\n    group_by: order_id\n",
+            "rules.foo.group_by: expected a list, e.g. [a, b], got 'order_id'",
+        ),
+        (
+            RULE + "    count: 3\n    window: 1h\n    description: 3\n",
+            "rules.foo.description: expected text, got 3",
+        ),
+        (
+            "rules:\n  foo:\n    kind: match\n    when: [3]\n",
+            "rules.foo.when.0: expected text or a list, e.g. [a, b], got 3",
+        ),
+        (
+            "rules:\n  foo:\n    kind: match\n    when: []\n",
+            "rules.foo.when: expected at least 1 item, got 0",
+        ),
+        (
+            "rules:\n  Foo-Bar:\n    kind: match\n    when: ['type = x']\n",
+            "rules.Foo-Bar: 'Foo-Bar' is not a rule name: use lower case letters, digits and _, "
+            "starting with a letter (at most 63)",
+        ),
+        (
+            "rules:\n  foo:\n    kind: match\n    when: ['type = x']\n    wen: ['type = y']\n",
+            "rules.foo.wen: unknown field 'wen': did you mean 'when'?",
+        ),
+        (
+            "handlers:\n  x:\n    capcity: 3\n",
+            "handlers.x.capcity: unknown field 'capcity': did you mean 'capacity'?",
+        ),
+        (
+            "handlers:\n  x:\n    owner: ana\n",
+            "handlers.x.owner: unknown field 'owner': remove it (known: description, topic, "
+            "capacity, resolve_within, overflow, escalate_to, redact)",
+        ),
+        (
+            "route:\n  handler: triage\n  routes:\n    - match: ['rule = a']\n      contnue: true\n",
+            "route.routes.0.contnue: unknown field 'contnue': did you mean 'continue'?",
+        ),
+        (
+            "pipelin:\n  partitions: 3\n",
+            "pipelin: unknown field 'pipelin': did you mean 'pipeline'?",
+        ),
+        ("pipeline: 3\n", "pipeline: expected a mapping (key: value lines), got 3"),
+        (
+            "pipeline:\n  app_id: a b\n",
+            "pipeline.app_id: 'a b' does not fit the pattern ^[A-Za-z0-9._-]{1,100}$: rename it",
+        ),
+    ],
+)
+def test_pydantic_errors_in_casewatch_words(tmp_path: Path, text: str, expected: str) -> None:
+    assert problems(tmp_path, text) == [expected]
+
+
+def test_an_untranslated_error_keeps_pydantics_text(tmp_path: Path) -> None:
+    found = problems(tmp_path, "topics:\n  dlq: [a]\n")
+    assert found == ["topics.dlq: expected text, got a list"]
+    (other,) = problems(tmp_path, "pipeline:\n  compress_state: !!binary aGk=\n")
+    assert other.startswith("pipeline.compress_state: ")
+
+
+def load(tmp_path: Path, text: str) -> Config:
+    file = tmp_path / "casewatch.yaml"
+    file.write_text(text)
+    return load_config(file)
+
+
+def test_a_config_without_rules_loads_but_is_unfit_to_run(tmp_path: Path) -> None:
+    for text in ("", "version: 1\n", "rules: {}\n"):
+        errors, warnings = review(load(tmp_path, text))
+        assert errors == [
+            "rules: no rules: a config without rules watches nothing: add one under 'rules' "
+            "(docs/detectors.md, 'Kinds')"
+        ]
+        assert warnings == []
+
+
+ROUTED = RULE.replace("threshold", "match") + (
+    "  other:\n    kind: match\n    severity: critical\n    when: ['type = order.cancelled']\n"
+    "handlers:\n  triage: {}\n  team: {}\n"
+    "route:\n  handler: triage\n  routes:\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("routes", "unrouted"),
+    [
+        ("    - {match: ['rule = foo'], handler: team}\n", ["other"]),
+        ("    - {match: ['rule in foo,other'], handler: team}\n", []),
+        ("    - {match: ['rule =~ fo.*'], handler: team}\n", ["other"]),
+        # a route on a field a rule does not fix (tier) may take any rule's exceptions
+        ("    - {match: ['tier = gold'], handler: team}\n", []),
+        # severity and kind are the rule's own: they decide
+        ("    - {match: ['severity = critical'], handler: team}\n", ["foo"]),
+        ("    - {match: [['kind = match', 'rule != foo']], handler: team}\n", ["foo"]),
+        ("    - {match: ['rule = fooo'], handler: team}\n", ["foo", "other"]),
+        ("    - {handler: team}\n", []),
+    ],
+)
+def test_a_rule_that_only_the_root_can_take_is_a_warning(
+    tmp_path: Path, routes: str, unrouted: list[str]
+) -> None:
+    errors, warnings = review(load(tmp_path, ROUTED + routes))
+    assert errors == []
+    assert warnings == [
+        f"rules.{name}: no route under 'route.routes' can match it: all of its exceptions go to "
+        f"the root's handler 'triage': add a route for it (e.g. match: ['rule = {name}']), or "
+        "check the spelling of the rule in the routes"
+        for name in unrouted
+    ]
+
+
+def test_the_shipped_config_has_nothing_to_warn_about() -> None:
+    assert review(load_config(REPO / "casewatch.yaml")) == ([], [])

@@ -119,7 +119,7 @@ def test_a_tree_with_continue_nesting_and_inheritance(
         ),
         (
             "handlers:\n  triage: {capacity: 0}\n",
-            "handlers.triage.capacity: Input should be greater than or equal to 1",
+            "handlers.triage.capacity: expected at least 1, got 0",
         ),
     ],
 )
