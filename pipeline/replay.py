@@ -18,19 +18,20 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 
 import orjson
 from aiokafka.partitioner import murmur2
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.clock import PipelineClock
+from pipeline.clock import NEVER, PipelineClock
 from pipeline.config import Config
 from pipeline.engine import occurred
 from pipeline.models import ExceptionRecord
 from pipeline.processor import Output, Processor, Record
 from pipeline.produce import topic_for
-from pipeline.routers.dispatch import Dispatcher, Routed, stamp
+from pipeline.routers.dispatch import Dispatcher, Routed
+from pipeline.routers.step import decide, in_order
 from pipeline.routers.tree import redact
 
 
@@ -113,23 +114,21 @@ class Replay:
         for (kind, _, _), n in out.counts.items():
             if kind in ("events", "duplicates", "late"):
                 setattr(self.summary, kind, getattr(self.summary, kind) + n)
-        if report:
-            self.dispatch_clock.report(partition, out.clock)
-            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
+        # Through the same decisions as the live dispatch agent (capacity, overflow, SLA
+        # escalation in event time), as the messages a worker would send it.
+        messages: list[dict[str, Any]] = []
+        if report and out.clock != NEVER:
+            messages.append({"clock": {"p": partition, "t": out.clock}})
         for found in out.found:
-            # Through the same dispatcher as live (capacity, overflow, SLA escalation in event
-            # time): one line per handler it goes to.
             data = found.record.model_dump(mode="json", exclude_none=True)
-            yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
-            yield from self._routed(self.dispatcher.on_exception(data, found.finding.event_time))
+            messages.append({"exception": data, "clock": {"p": partition, "t": found.clock}})
+        for message in messages:
+            yield from self._routed(decide(self.dispatcher, self.dispatch_clock, message))
         self.states.update(out.states)
 
     def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:
         at = datetime.fromtimestamp(max(self.dispatch_clock.mark, 0.0), UTC)
-        updates = stamp(
-            [r for r in routed if r.reason in ("escalation", "update", "reassigned")], at
-        )
-        for r in [r for r in routed if r.reason in ("normal", "overflow")] + updates:
+        for r in in_order(routed, at):
             self.summary.records[r.record["status"]] += 1
             self.summary.routed[r.handler] += 1
             # As the handler's topic carries it (its redactions applied).

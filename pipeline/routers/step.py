@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -89,6 +90,31 @@ async def _in_order(key: bytes, sends: list[tuple[Sink, bytes]]) -> None:
         await sink.send(key, value)
 
 
+def decide(dispatcher: Dispatcher, clock: PipelineClock, message: dict[str, Any]) -> list[Routed]:
+    """One message of the dispatch topic, as the worker and `casewatch replay` both take it:
+    an exception record (with its partition's clock when it was found), a handler's
+    resolution, or a partition's clock. SLA deadlines the pipeline's clock has passed fire
+    first. Pure: the dispatcher's table writes are held by its store."""
+    out: list[Routed] = []
+    if "clock" in message:
+        clock.report(message["clock"]["p"], message["clock"]["t"])
+    out += dispatcher.fire(clock.mark)
+    if "exception" in message:
+        record = message["exception"]
+        out += dispatcher.on_exception(record, epoch(record["event_time"]))
+    elif "resolution" in message:
+        resolution = message["resolution"]
+        out += dispatcher.on_resolution(resolution, epoch(resolution["at"]))
+    return out
+
+
+def in_order(out: list[Routed], at: datetime | None = None) -> list[Routed]:
+    """Routed records in the order they go out: new exceptions first, then updates
+    (escalations, resolutions, reassignments) stamped with the time they were decided."""
+    updates = [r for r in out if r.reason in ("escalation", "update", "reassigned")]
+    return [r for r in out if r.reason in ("normal", "overflow")] + stamp(updates, at)
+
+
 @dataclass
 class DispatchStep:
     """The single dispatch partition: exceptions and resolutions in, routed records out to the
@@ -119,23 +145,10 @@ class DispatchStep:
     async def handle(self, value: bytes | None, offset: int = -1) -> None:
         try:
             message = orjson.loads(value or b"{}")
-            out: list[Routed] = []
-            if "exception" in message:
-                record = message["exception"]
-                t = epoch(record["event_time"])
-                if "clock" in message:
-                    self.clock.report(message["clock"]["p"], message["clock"]["t"])
-                out += self.dispatcher.fire(self.clock.mark)
-                out += self.dispatcher.on_exception(record, t)
-            elif "resolution" in message:
+            out = decide(self.dispatcher, self.clock, message)
+            if "resolution" in message:
                 resolution = message["resolution"]
-                t = epoch(resolution["at"])
-                out += self.dispatcher.fire(self.clock.mark)
-                out += self.dispatcher.on_resolution(resolution, t)
                 self.metrics.resolutions.labels(resolution["handler"], resolution["status"]).inc()
-            elif "clock" in message:  # a partition's clock moved (sent by its ticks)
-                clock = self.clock.report(message["clock"]["p"], message["clock"]["t"])
-                out += self.dispatcher.fire(clock)
             await self._publish(out)
             await self.store.flush()
             self._gauges()
@@ -159,8 +172,7 @@ class DispatchStep:
             self.metrics.dead_letters.labels(self.topic, "dispatch_failed").inc()
 
     async def _publish(self, out: list[Routed]) -> None:
-        stamped = stamp([r for r in out if r.reason in ("escalation", "update", "reassigned")])
-        routed = [r for r in out if r.reason in ("normal", "overflow")] + stamped
+        routed = in_order(out)
         # Every record is sent at once and all are acknowledged before the caller writes the
         # table. Records with the same topic and key (one customer's records on one topic, e.g.
         # an escalation then the update closing it) go one after the other, each acknowledged
