@@ -72,7 +72,7 @@ test: setup prometheus
 	$(BIN)/python bench/floor.py --smoke; \
 	$(BIN)/python bench/logic.py --days 1 --customers 200; \
 	$(BIN)/python bench/soak.py --smoke --out /tmp/casewatch-soak-smoke.json; \
-	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace
+	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace --out /tmp/casewatch-chaos-short.json
 
 # prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed
 # only when missing. No recommends (no node exporter); the package's own service is not needed
