@@ -15,7 +15,7 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
   Faust's `Table.__setitem__` (as the worker wrote a customer's state before `StateTable`);
 - `fast-table`: the same write through `pipeline.durable.StateTable`, as the worker writes a
   customer's state: to the table's store, its changelog record to the producer directly, held
-  and sent with others since 3775c70 (before it, one by one);
+  and sent with others;
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
 - `batch-noop`: no agent: each partition's fetched records handed as one list from the fetch

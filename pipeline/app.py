@@ -57,10 +57,10 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         # Room for a dead letter that carries an oversized original unchanged.
         producer_max_request_size=4 * 1024 * 1024,
         # What a worker that falls behind holds in fetched records it has not processed yet:
-        # at most this per partition as raw bytes, and this many decoded at a time. With 4 MiB
-        # a lagging worker held 40,000 decoded records and grew by 44 MiB (docs/performance.md,
-        # "Where a soak's memory goes"). A record larger than this still comes through: the
-        # broker returns a first record batch whatever its size.
+        # at most this per partition as raw bytes, and this many decoded at a time (a larger
+        # fetch let a lagging worker's memory grow with its lag: docs/performance.md). A record
+        # larger than this still comes through: the broker returns a first record batch
+        # whatever its size.
         consumer_max_fetch_size=FETCH_BYTES,
         broker_max_poll_records=POLL_RECORDS,
     )

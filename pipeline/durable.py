@@ -118,16 +118,15 @@ class StateTable:
 
     `Table.__setitem__` sends each change as a `FutureMessage` through the topic's serializers,
     the producer buffer's queue and its sending task, with Faust's sensors at each step. For the
-    customers table, written once per event, that costs about 60 us per write (bench/floor.py:
-    `faust-table` against `fast-table`); a worker does about 9% more events per CPU second
-    without it (docs/performance.md, "Changes I would make", item 9). Here the value goes into
+    customers table, written once per event, that costs more than the write itself (bench/floor.py
+    measures it: `faust-table` against `fast-table`). Here the value goes into
     the table's store at once (reads see it) and its changelog record is held: at most
     `HOLD_SECONDS` or `HOLD_RECORDS` records later, and always before offsets are committed
     (`App.send_held_writes`, called by the commit's flush and, under exactly-once, before the
     transaction commits), the held records go to Faust's producer together (the transaction
     manager under exactly-once, as Faust picks it), each to the partition of the event that
-    wrote it. Sent one by one, each record was a produce request of its own (`linger` 0: the
-    events' own outputs must not wait); sent together they share one request per partition.
+    wrote it. Sent one by one, each record would be a produce request of its own (`linger` 0:
+    the events' own outputs must not wait); sent together they share one request per partition.
     A customer written twice while held is sent once, with its last value: the changelog is
     compacted, only the last value counts.
 

@@ -53,18 +53,13 @@ log = logging.getLogger(__name__)
 # `pipeline.fetch_min_bytes` and `pipeline.fetch_max_wait` (the defaults: 64 KiB, 50 ms): the
 # broker answers a fetch once it has that many bytes for it, or after that long.
 #
-# The wait: Faust sets 1,500 ms. aiokafka has one fetch in flight per broker, for the partitions
-# with no fetched records left, so a fetch of idle partitions (ticks, re-key, resolutions)
-# blocked the busy ones' next fetch: a draining worker stood still 200-520 ms three or four
-# times in 11 s.
-# The size: aiokafka asks for 1 byte. Live, each fetch then brought one or two records, and the
-# consumer thread took 23% of the worker's busy time (6% in a drain), the socket writes of
-# thousands of fetches a second most of it.
-# Measured (docs/performance.md, "Fetches, and less per-event logic"): 64 KiB and 50 ms kept
-# up at 70% of a drain's peak (3,964 of 4,017 events/s offered, against 3,345 of 3,879
-# before), produce -> published p50 about 90 ms at every load (each of the two hops, source and
-# dispatch, waits up to 50 ms when little arrives); 16 KiB and 100 ms had 36 ms at 30% and did
-# not keep up at 70%.
+# The wait: Faust sets 1,500 ms. aiokafka has one fetch in flight per broker, for the
+# partitions with no fetched records left, so a long wait on idle partitions (ticks, re-key,
+# resolutions) holds up the busy ones' next fetch, and a draining worker stands still.
+# The size: aiokafka asks for 1 byte. Live, each fetch then brings one or two records and the
+# consumer thread spends much of the worker's time on socket writes. The trade between latency
+# at low input and CPU per event is docs/operations.md's (each of the two hops, source and
+# dispatch, waits up to `fetch_max_wait` when little arrives).
 
 
 def wait_ms(wait: timedelta) -> int:

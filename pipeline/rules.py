@@ -115,7 +115,8 @@ class AbsenceRule(_Rule):
     # How long a key is remembered once closed, or once fired and never closed (a parcel lost
     # for good): a late start cannot re-arm it meanwhile; then it is dropped.
     forget_after: Duration = FORGET_AFTER
-    _added_later: ClassVar[frozenset[str]] = frozenset({"forget_after"})  # 2026-12-03
+    # Fields added after the first version: configs written before them still load.
+    _added_later: ClassVar[frozenset[str]] = frozenset({"forget_after"})
     _v = field_validator("start", "expect", "cancel")(_check)
 
 

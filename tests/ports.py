@@ -2,7 +2,7 @@
 
 Fixed ports made two runs on one machine (a developer's and CI's, or two clones) start brokers on
 the same port, and ports in the kernel's ephemeral range (32768-60999 here) can be held by any
-client connection: the 2026-12-03 CI lost its three-node cluster to "Address already in use".
+client connection, which takes a stopped broker's port ("Address already in use" on restart).
 So every run picks, at random, a base port below the ephemeral range whose ports are all free.
 
     python tests/ports.py 0 1        # a base B with B and B+1 free: a broker and its controller

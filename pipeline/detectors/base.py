@@ -1,4 +1,4 @@
-"""The detector contract: pure logic, no I/O, time passed in (see STYLE.md).
+"""The detector contract: pure logic, no I/O, time passed in.
 
 A detector never reads a clock, a topic or a table: the Faust agent and the offline replay call
 the same functions, so live and replay cannot disagree. State is immutable and serialisable.

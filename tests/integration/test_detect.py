@@ -147,7 +147,7 @@ def test_missing_delivery_fires_after_its_deadline_with_no_further_input(
     ("store", "second_dir", "wipe"),
     [
         ("memory://", "two", False),  # empty local state: the changelog alone carries it
-        ("rocksdb://", "one", False),  # the default: local RocksDB, caught up from the changelog
+        ("rocksdb://", "one", False),  # local RocksDB (opt-in), caught up from the changelog
         ("rocksdb://", "one", True),  # the state directory deleted: rebuilt from the changelog
     ],
 )
