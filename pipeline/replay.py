@@ -129,6 +129,8 @@ class Replay:
     def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:
         at = datetime.fromtimestamp(max(self.dispatch_clock.mark, 0.0), UTC)
         for r in in_order(routed, at):
+            if r.notice:  # the decisions, once each: not what a former holder is told
+                continue
             self.summary.records[r.record["status"]] += 1
             self.summary.routed[r.handler] += 1
             # As the handler's topic carries it (its redactions applied).

@@ -41,7 +41,13 @@ class Routed:
 
     handler: str
     record: dict[str, Any]
-    reason: str  # normal, overflow, escalation, reassigned, update (metric label)
+    # normal, overflow, escalation, reassigned, update; handed_on: a record for the handler an
+    # exception left, naming the handler it went to (the record's route)
+    reason: str
+    # Only tells a handler that held the exception before what became of it (handed on, or
+    # closed): it goes to that handler's topic, not to the exception log, the metrics or a
+    # replay's output, which record each decision once.
+    notice: bool = False
 
 
 @dataclass
@@ -129,7 +135,8 @@ class Dispatcher:
         self._enter(exception_id, placed, new)
         self.store[exception_id] = new
         routed = self._with_route(entry["record"], placed, entry["path"], reason)
-        return [*out, Routed(placed, routed, "reassigned")]
+        told = Routed(handler, routed, "handed_on", notice=True)
+        return [*out, Routed(placed, routed, "reassigned"), told]
 
     def _catch_up(self, exception_id: str, t: float) -> list[Routed]:
         """An update at event time `t` on an exception whose SLA deadline passed before `t`:
@@ -250,10 +257,12 @@ class Dispatcher:
         }
         self._enter(exception_id, target, new)
         self.store[exception_id] = new
-        record = {**entry["record"], "status": "escalated"}
-        return [
-            Routed(target, self._with_route(record, target, entry["path"], reason), "escalation")
-        ]
+        record = self._with_route(
+            {**entry["record"], "status": "escalated"}, target, entry["path"], reason
+        )
+        # The handler it left is told where it went: its view shows it handed on, not open.
+        told = Routed(holder, record, "handed_on", notice=True)
+        return [Routed(target, record, "escalation"), told]
 
     def _close(
         self,
@@ -269,9 +278,16 @@ class Dispatcher:
         closed = {**entry, "record": {}, "closed": now, "deadline": None}
         self.store[exception_id] = closed
         heapq.heappush(self._expiry, (now + self.keep_closed, exception_id))
+        # Every handler that held it, not only those holding it now: a handler it was handed
+        # on from sees it closed too.
         return [
-            Routed(h, self._with_route(record, h, entry["path"], reason), "update")
-            for h in entry["holders"]
+            Routed(
+                h,
+                self._with_route(record, h, entry["path"], reason),
+                "update",
+                notice=h not in entry["holders"],
+            )
+            for h in entry["held"]
         ]
 
     def _deadline(self, handler: str, now: float) -> float:
@@ -312,4 +328,6 @@ def _duration(seconds: float) -> str:
 def stamp(records: Iterator[Routed] | list[Routed], at: datetime | None = None) -> list[Routed]:
     """Set `detected_at` of updates to the wall clock (live) or the given time (replay)."""
     when = (at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-    return [Routed(r.handler, {**r.record, "detected_at": when}, r.reason) for r in records]
+    return [
+        Routed(r.handler, {**r.record, "detected_at": when}, r.reason, r.notice) for r in records
+    ]

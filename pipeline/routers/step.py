@@ -111,7 +111,7 @@ def decide(dispatcher: Dispatcher, clock: PipelineClock, message: dict[str, Any]
 def in_order(out: list[Routed], at: datetime | None = None) -> list[Routed]:
     """Routed records in the order they go out: new exceptions first, then updates
     (escalations, resolutions, reassignments) stamped with the time they were decided."""
-    updates = [r for r in out if r.reason in ("escalation", "update", "reassigned")]
+    updates = [r for r in out if r.reason in ("escalation", "update", "reassigned", "handed_on")]
     return [r for r in out if r.reason in ("normal", "overflow")] + stamp(updates, at)
 
 
@@ -185,7 +185,8 @@ class DispatchStep:
             chains.setdefault((topic, key), []).append(
                 (self.handler_sink(topic), orjson.dumps(private))
             )
-            chains.setdefault((None, key), []).append((self.log_sink, orjson.dumps(r.record)))
+            if not r.notice:
+                chains.setdefault((None, key), []).append((self.log_sink, orjson.dumps(r.record)))
         sent = await asyncio.gather(
             *(_in_order(key, sends) for (_, key), sends in chains.items()),
             return_exceptions=True,
@@ -194,7 +195,7 @@ class DispatchStep:
             if isinstance(result, BaseException):
                 raise result
         for r in routed:
-            if r.reason != "update":
+            if r.reason != "update" and not r.notice:
                 self.metrics.routed.labels(r.handler, r.reason).inc()
             log.info(
                 "routed: %s %s %s -> %s (%s)",

@@ -88,7 +88,13 @@ def test_open_past_resolve_within_escalates_at_the_deadline_not_before(config: C
     d = Dispatcher(config, {})
     d.on_exception(record(1), 10.0)
     assert d.fire(10.0 + 8 * H - 1) == []
-    (out,) = d.fire(10.0 + 8 * H)
+    out, told = d.fire(10.0 + 8 * H)
+    # logistics is told where it went: its view shows it handed on, not open and late
+    assert (told.handler, told.reason, told.record["route"]["handler"]) == (
+        "logistics",
+        "handed_on",
+        "supervisors",
+    )
     assert (out.handler, out.record["status"], out.record["exception_id"]) == (
         "supervisors",
         "escalated",
@@ -129,7 +135,11 @@ def test_reassigning_hands_it_to_the_overflow_handler(config: Config) -> None:
     out = d.on_resolution(
         {"exception_id": "x1", "handler": "logistics", "status": "reassigned", "at": "t"}, 1.0
     )
-    assert routes(out) == [("supervisors", "reassigned by logistics")]
+    assert routes(out) == [
+        ("supervisors", "reassigned by logistics"),
+        ("logistics", "reassigned by logistics"),  # handed on: told where it went
+    ]
+    assert out[1].record["route"]["handler"] == "supervisors"
     assert (d.open_count("logistics"), d.open_count("supervisors")) == (0, 1)
 
 
@@ -141,7 +151,8 @@ def test_counts_and_timers_are_rebuilt_from_the_table(config: Config) -> None:
     again = Dispatcher(config, store)
     again.rebuild(store.items())
     assert (again.open_count("logistics"), again.open_count("supervisors")) == (3, 1)
-    assert [r.handler for r in again.fire(8 * H)] == ["supervisors"] * 3
+    escalated = [r.handler for r in again.fire(8 * H) if r.reason == "escalation"]
+    assert escalated == ["supervisors"] * 3
 
 
 def test_closed_exceptions_are_forgotten_after_a_week(config: Config) -> None:
@@ -176,9 +187,11 @@ def test_a_resolution_after_the_sla_deadline_escalates_first_whatever_the_clock(
     d = Dispatcher(config, {})
     d.on_exception(record(1), 0.0)  # the clock never moves: no fire() at all
     out = d.on_exception(record(1, status="resolved"), 9 * H)  # delivered 9 h later
-    assert [(r.handler, r.record["status"]) for r in out] == [
-        ("supervisors", "escalated"),
-        ("supervisors", "resolved"),
+    assert [(r.handler, r.record["status"], r.reason) for r in out] == [
+        ("supervisors", "escalated", "escalation"),
+        ("logistics", "escalated", "handed_on"),
+        ("logistics", "resolved", "update"),  # every handler that held it sees it closed
+        ("supervisors", "resolved", "update"),
     ]
     # ... and a resolution before the deadline does not escalate
     d.on_exception(record(2), 0.0)
@@ -193,7 +206,10 @@ def test_the_former_holder_may_still_resolve_after_an_escalation(config: Config)
     out = d.on_resolution(
         {"exception_id": "x1", "handler": "logistics", "status": "resolved", "at": "t"}, 9 * H
     )
-    assert [(r.handler, r.record["status"]) for r in out] == [("supervisors", "resolved")]
+    assert [(r.handler, r.record["status"]) for r in out] == [
+        ("logistics", "resolved"),  # the former holder's view closes it too
+        ("supervisors", "resolved"),
+    ]
     assert d.open_count("supervisors") == 0
 
 
