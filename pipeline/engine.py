@@ -18,7 +18,7 @@ from pipeline.config import Config
 from pipeline.detectors.base import Finding, epoch
 from pipeline.models import ExceptionRecord, SourcePosition
 from pipeline.rules import build
-from pipeline.state import CustomerState
+from pipeline.state import CustomerState, Packed
 
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
 
@@ -145,7 +145,9 @@ class Engine:
         saved = rules.get(r.name)
         if saved is None or saved[0] != r.version:
             return r.detector.initial()  # new or changed rule: start afresh
-        return saved[1]
+        state = saved[1]
+        # Decoded here, for the rules that run or have a deadline: the others stay packed.
+        return state.value if state.__class__ is Packed else state
 
 
 RECENT_MAX = 20  # recent events kept per customer for context
