@@ -31,6 +31,7 @@ class _Compiled:
     severity: str
     types: frozenset[str] | None  # event types the rule observes (None: all)
     initial: Any  # the detector's initial state: not stored (`_keep`)
+    timed: bool  # whether the detector ever has a deadline (Detector.timed)
 
 
 class Engine:
@@ -39,11 +40,20 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rules = [
-            _Compiled(name, d, rule.version(), rule.severity, d.types(), d.initial())
+            _Compiled(
+                name,
+                d,
+                rule.version(),
+                rule.severity,
+                d.types(),
+                d.initial(),
+                getattr(d, "timed", True),
+            )
             for name, rule in config.rules.items()
             for d in [build(name, rule)]
         ]
         self._by_name = {r.name: r for r in self.rules}
+        self._timed = [r for r in self.rules if r.timed]
 
     def observe(
         self, state: CustomerState, event: Mapping[str, Any], clock: float
@@ -91,7 +101,7 @@ class Engine:
             if name not in self._by_name:  # a rule no longer in the config: dropped
                 rules = {k: v for k, v in state.rules.items() if k in self._by_name}
                 break
-        for r in self.rules:
+        for r in self._timed:
             if r.name not in state.rules:
                 continue
             current = self._state(rules if rules is not None else state.rules, r)
@@ -111,7 +121,7 @@ class Engine:
         """When `fire` next has something to do for this customer, or None."""
         due = [
             r.detector.next_deadline(self._state(state.rules, r))
-            for r in self.rules
+            for r in self._timed
             if r.name in state.rules
         ]
         return min((d for d in due if d is not None), default=None)

@@ -208,7 +208,9 @@ class Packed(Mapping[str, Any]):
         # The engine compares a rule's state with its initial one ({}) for every rule.
         if self._value is None and other.__class__ is dict and not other:
             return self.raw == b"{}"
-        return super().__eq__(other)
+        if other.__class__ is Packed:
+            other = other.value
+        return self.value == other if isinstance(other, Mapping) else NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
