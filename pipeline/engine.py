@@ -18,7 +18,7 @@ from pipeline.config import Config
 from pipeline.detectors.base import Finding, epoch
 from pipeline.models import ExceptionRecord, SourcePosition
 from pipeline.rules import build
-from pipeline.state import CustomerState, Packed
+from pipeline.state import CustomerState
 
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
 
@@ -155,9 +155,7 @@ class Engine:
         saved = rules.get(r.name)
         if saved is None or saved[0] != r.version:
             return r.detector.initial()  # new or changed rule: start afresh
-        state = saved[1]
-        # Decoded here, for the rules that run or have a deadline: the others stay packed.
-        return state.value if state.__class__ is Packed else state
+        return saved[1]
 
 
 RECENT_MAX = 20  # recent events kept per customer for context

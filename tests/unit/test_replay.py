@@ -181,7 +181,8 @@ def test_states_are_stored_compressed_unless_the_config_says_not_and_give_the_sa
     assert [r.model_dump() for r in ours] == [r.model_dump() for r in theirs]
     kept = [*compressed.states.values(), *plain.states.values()]
     assert all(state_json(v)["v"] == VERSION for v in kept)
-    assert sum(map(len, compressed.states.values())) < 0.7 * sum(map(len, plain.states.values()))
+    # Uncompressed is MessagePack, already without JSON's keys and quotes: zstd takes a fifth.
+    assert sum(map(len, compressed.states.values())) < 0.85 * sum(map(len, plain.states.values()))
     for customer, value in plain.states.items():
         assert CustomerState.from_bytes(value) == CustomerState.from_bytes(
             compressed.states[customer]
