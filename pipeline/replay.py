@@ -27,9 +27,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from pipeline.clock import PartitionClock, PipelineClock
 from pipeline.config import Config
 from pipeline.detectors.base import Finding
-from pipeline.engine import DeadlineIndex, Engine, context_of, event_dict, occurred
+from pipeline.engine import DeadlineIndex, Engine, context_of, occurred
 from pipeline.errors import InvalidEvent
-from pipeline.ingest import parse_event
+from pipeline.ingest import decode_event
 from pipeline.models import ExceptionRecord
 from pipeline.produce import topic_for
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
@@ -94,29 +94,28 @@ class Replay:
             if not line.strip():
                 continue
             try:
-                event = parse_event(line, p.max_event_bytes)
+                data = decode_event(line, p.max_event_bytes)
             except InvalidEvent as exc:
                 self.summary.invalid += 1
                 print(
                     f"{name}:{number}: invalid ({exc.error_class}): {exc.reason}", file=self.errors
                 )
                 continue
-            data = event_dict(event)
             t = occurred(data)
             self.newest = max(self.newest, t)
-            partition = partition_for(event.customer_id, p.partitions)
+            customer = data["customer_id"]
+            partition = partition_for(customer, p.partitions)
             clock = self.clocks[partition]
-            if clock.observe(topic_for(event.type, self.config), t, None):
+            if clock.observe(topic_for(data["type"], self.config), t, None):
                 self.summary.late += 1
             now = clock.now(None)
             self.dispatch_clock.report(partition, now)
             yield from self._routed(self.dispatcher.fire(self.dispatch_clock.mark))
             yield from self._due(partition, now)
-            customer = event.customer_id
             state = CustomerState.from_bytes(self.states.get(customer))
             if state.partition is None:
                 state = replace(state, partition=partition)
-            updated = state.remember(event.event_id, t, p.dedupe_window, p.dedupe_max_ids)
+            updated = state.remember(data["event_id"], t, p.dedupe_window, p.dedupe_max_ids)
             if updated is None:
                 self.summary.duplicates += 1
                 continue
