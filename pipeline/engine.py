@@ -54,6 +54,7 @@ class Engine:
         ]
         self._by_name = {r.name: r for r in self.rules}
         self._timed = [r for r in self.rules if r.timed]
+        self._names = frozenset(self._by_name)
 
     def observe(
         self, state: CustomerState, event: Mapping[str, Any], clock: float
@@ -97,10 +98,8 @@ class Engine:
         """Deadlines of this customer that passed by `clock`."""
         findings: list[Finding] = []
         rules: dict[str, Any] | None = None  # copied on the first change
-        for name in state.rules:
-            if name not in self._by_name:  # a rule no longer in the config: dropped
-                rules = {k: v for k, v in state.rules.items() if k in self._by_name}
-                break
+        if not self._names.issuperset(state.rules):  # a rule no longer in the config: dropped
+            rules = {k: v for k, v in state.rules.items() if k in self._by_name}
         for r in self._timed:
             if r.name not in state.rules:
                 continue
@@ -206,7 +205,11 @@ def _recent(
     recent: tuple[tuple[float, str, str], ...], event: Mapping[str, Any]
 ) -> tuple[tuple[float, str, str], ...]:
     t = epoch(event["occurred_at"])
-    detail = next((str(event[k]) for k in _DETAIL if event.get(k)), "")[:64]
+    detail = ""
+    for k in _DETAIL:
+        if event.get(k):
+            detail = str(event[k])[:64]
+            break
     entry = (t, str(event["type"]), detail)
     if not recent or recent[-1][0] <= t:  # in order, as almost always: appended
         entries = (*recent, entry)

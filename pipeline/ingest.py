@@ -75,13 +75,6 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _Check = Callable[[Any], Any]  # the field's value as model_dump gives it, or _MISSING
 
 
-def _text(least: int, most: int) -> _Check:
-    def check(v: Any) -> Any:
-        return v if v.__class__ is str and least <= len(v) <= most else _MISSING
-
-    return check
-
-
 def _time(v: Any) -> Any:
     if v.__class__ is not str or not _TIME.fullmatch(v):
         return _MISSING
@@ -112,10 +105,10 @@ def _money(v: Any) -> Any:
     return {"amount": Decimal(amount), "currency": currency}
 
 
-_ID, _LABEL, _TEXT = _text(1, 128), _text(1, 200), _text(0, 4000)
+_ID, _LABEL, _TEXT = (1, 128), (1, 200), (0, 4000)  # text: least and most characters
 # Each field of the contract's events by name, checked as its model declares it (the same
-# name has the same type in every event: tests/unit/test_ingest.py holds them to it).
-_CHECKS: dict[str, _Check] = {
+# name has the same type in every event: test_fuzz holds the checks to the models).
+_CHECKS: dict[str, _Check | tuple[int, int]] = {
     "event_id": _ID,
     "customer_id": _ID,
     "order_id": _ID,
@@ -138,8 +131,9 @@ _CHECKS: dict[str, _Check] = {
     "attributes": lambda v: v if v.__class__ is dict else _MISSING,
     "value": _money,
 }
-# type -> its fields in the model's order: (name, check, default; _MISSING when required)
-_Fields = tuple[tuple[str, _Check, Any], ...]
+# type -> its fields in the model's order: (name, check or None for text, least and most
+# characters of text, default; _MISSING when required)
+_Fields = tuple[tuple[str, _Check | None, int, int, Any], ...]
 
 
 def _fast_fields() -> dict[Any, _Fields]:
@@ -149,13 +143,17 @@ def _fast_fields() -> dict[Any, _Fields]:
         if any(n not in _CHECKS for n in names):
             continue  # a field the fast path does not know: pydantic validates this type
         kind = model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        fields: list[tuple[str, _Check, Any]] = []
+        fields: list[tuple[str, _Check | None, int, int, Any]] = []
         for name, info in model.model_fields.items():
             if name == "type":
-                fields.append((name, _one_of(kind), _MISSING))
+                fields.append((name, _one_of(kind), 0, 0, _MISSING))
+                continue
+            default = _MISSING if info.is_required() else info.default
+            check = _CHECKS[name]
+            if isinstance(check, tuple):
+                fields.append((name, None, *check, default))
             else:
-                default = _MISSING if info.is_required() else info.default
-                fields.append((name, _CHECKS[name], default))
+                fields.append((name, check, 0, 0, default))
         fast[kind] = tuple(fields)
     return fast
 
@@ -167,7 +165,7 @@ def _checked(raw: dict[str, Any], fields: _Fields) -> dict[str, Any] | None:
     """The event as model_dump gives it, or None when a field is not plainly valid."""
     out: dict[str, Any] = {}
     given = 0
-    for name, check, default in fields:
+    for name, check, least, most, default in fields:
         v = raw.get(name, _MISSING)
         if v is not _MISSING:
             given += 1
@@ -176,9 +174,13 @@ def _checked(raw: dict[str, Any], fields: _Fields) -> dict[str, Any] | None:
                 return None
             out[name] = default
             continue
-        v = check(v)
-        if v is _MISSING:
-            return None
+        if check is None:  # text, checked here: most fields are
+            if v.__class__ is not str or not least <= len(v) <= most:
+                return None
+        else:
+            v = check(v)
+            if v is _MISSING:
+                return None
         out[name] = v
     if given < len(raw):  # unknown fields are kept, after the known ones
         for name, v in raw.items():
