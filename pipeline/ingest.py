@@ -60,7 +60,9 @@ def decode_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) 
             raw = None
         kind = raw.get("type") if raw.__class__ is dict else None
         fields = _FAST.get(kind) if kind.__class__ is str else None
-        if fields is not None:
+        # orjson reads an integer beyond 64 bits as a float, pydantic as an int: such a number
+        # (or any run of 19 digits, even in a string) goes to pydantic.
+        if fields is not None and _LONG_NUMBER.search(value) is None:
             event = _checked(raw, fields)
             if event is not None:
                 return event
@@ -69,6 +71,7 @@ def decode_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) 
 
 
 _MISSING = object()
+_LONG_NUMBER = re.compile(rb"\d{19}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
 _AMOUNT = re.compile(r"\d{1,20}(?:\.\d{1,8})?")
 _CURRENCY = re.compile(r"[A-Z]{3}")

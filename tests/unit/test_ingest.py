@@ -173,6 +173,12 @@ def test_the_per_event_path_gives_the_dict_the_detectors_read_from_the_model() -
             for a, b in zip(fast.values(), dumped.values(), strict=True)
         )
     assert decode_event(values[2])["sentiment"] == "negative"
+    beyond_64_bits = (
+        raw()[:-1] + b',"attributes":{"n":-9223372036854775809},"x":18446744073709551616}'
+    )
+    assert list(decode_event(beyond_64_bits).items()) == list(
+        parse_event(beyond_64_bits).model_dump().items()
+    )
     assert decode_event(values[0])["value"]["amount"] == Decimal("149.99")
 
 
