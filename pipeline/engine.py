@@ -31,6 +31,7 @@ class _Compiled:
     severity: str
     types: frozenset[str] | None  # event types the rule observes (None: all)
     initial: Any  # the detector's initial state: not stored (`_keep`)
+    timed: bool  # whether the detector ever has a deadline (Detector.timed)
 
 
 class Engine:
@@ -39,11 +40,21 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rules = [
-            _Compiled(name, d, rule.version(), rule.severity, d.types(), d.initial())
+            _Compiled(
+                name,
+                d,
+                rule.version(),
+                rule.severity,
+                d.types(),
+                d.initial(),
+                getattr(d, "timed", True),
+            )
             for name, rule in config.rules.items()
             for d in [build(name, rule)]
         ]
         self._by_name = {r.name: r for r in self.rules}
+        self._timed = [r for r in self.rules if r.timed]
+        self._names = frozenset(self._by_name)
 
     def observe(
         self, state: CustomerState, event: Mapping[str, Any], clock: float
@@ -87,11 +98,9 @@ class Engine:
         """Deadlines of this customer that passed by `clock`."""
         findings: list[Finding] = []
         rules: dict[str, Any] | None = None  # copied on the first change
-        for name in state.rules:
-            if name not in self._by_name:  # a rule no longer in the config: dropped
-                rules = {k: v for k, v in state.rules.items() if k in self._by_name}
-                break
-        for r in self.rules:
+        if not self._names.issuperset(state.rules):  # a rule no longer in the config: dropped
+            rules = {k: v for k, v in state.rules.items() if k in self._by_name}
+        for r in self._timed:
             if r.name not in state.rules:
                 continue
             current = self._state(rules if rules is not None else state.rules, r)
@@ -111,7 +120,7 @@ class Engine:
         """When `fire` next has something to do for this customer, or None."""
         due = [
             r.detector.next_deadline(self._state(state.rules, r))
-            for r in self.rules
+            for r in self._timed
             if r.name in state.rules
         ]
         return min((d for d in due if d is not None), default=None)
@@ -196,7 +205,11 @@ def _recent(
     recent: tuple[tuple[float, str, str], ...], event: Mapping[str, Any]
 ) -> tuple[tuple[float, str, str], ...]:
     t = epoch(event["occurred_at"])
-    detail = next((str(event[k]) for k in _DETAIL if event.get(k)), "")[:64]
+    detail = ""
+    for k in _DETAIL:
+        if event.get(k):
+            detail = str(event[k])[:64]
+            break
     entry = (t, str(event["type"]), detail)
     if not recent or recent[-1][0] <= t:  # in order, as almost always: appended
         entries = (*recent, entry)

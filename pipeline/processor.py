@@ -10,7 +10,7 @@ acknowledged (outputs -> state -> offsets, the at-least-once order; pipeline/wor
 deadline index and the partitions' clocks live here, in memory, rebuilt by `recovered`.
 
 For each record, in order:
-1. validate the raw bytes (`parse_event`); an invalid one is a dead letter;
+1. validate the raw bytes (`decode_event`); an invalid one is a dead letter;
 2. re-key a record whose key is not its customer (live only: a replay keys by customer);
 3. move the partition's clock with the event's time, on the input of its event type (the
    interactions or orders topic, whichever physical topic brought it);
@@ -34,9 +34,9 @@ from typing import Any, Protocol
 from pipeline.clock import NEVER, PartitionClock
 from pipeline.config import Config
 from pipeline.detectors.base import Finding
-from pipeline.engine import DeadlineIndex, Engine, context_of, event_dict, occurred, without_open
+from pipeline.engine import DeadlineIndex, Engine, context_of, occurred, without_open
 from pipeline.errors import InvalidEvent
-from pipeline.ingest import parse_event
+from pipeline.ingest import decode_event
 from pipeline.models import ExceptionRecord, SourcePosition
 from pipeline.state import CustomerState, kept_json
 
@@ -241,11 +241,11 @@ class Processor:
         out: Output,
     ) -> None:
         try:
-            event = parse_event(record.value, self.config.pipeline.max_event_bytes)
+            data = decode_event(record.value, self.config.pipeline.max_event_bytes)
         except InvalidEvent as exc:
             out.letters.append(Letter(record, exc.reason, exc.error_class))
             return
-        customer = event.customer_id.encode()
+        customer = data["customer_id"].encode()
         if (
             self.rekey_topic is not None
             and record.key != customer
@@ -255,9 +255,9 @@ class Processor:
             out.rekeys.append((customer, record))
             out.counts["rekeyed", record.topic, ""] += 1
             return
-        data = event_dict(event)
         t = occurred(data)
-        source = self._inputs[1] if event.type.startswith("order.") else self._inputs[0]
+        kind = data["type"]
+        source = self._inputs[1] if kind.startswith("order.") else self._inputs[0]
         if clock.observe(source, t, wall, unread):
             out.counts["late", record.topic, ""] += 1
         now = clock.now(wall, unread)
@@ -265,11 +265,11 @@ class Processor:
         state = states.get(customer)
         if state is None:
             state = CustomerState.from_bytes(self.store(customer))
-        updated = state.remember(event.event_id, t, self._window, self._max_ids)
+        updated = state.remember(data["event_id"], t, self._window, self._max_ids)
         if updated is None:
             out.counts["duplicates", record.topic, ""] += 1
             return
-        out.counts["events", record.topic, event.type] += 1
+        out.counts["events", record.topic, kind] += 1
         if updated.partition != partition:
             updated = replace(updated, partition=partition)
         new, findings = self.engine.observe(updated, data, now)

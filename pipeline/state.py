@@ -6,13 +6,12 @@ state tagged with the rule's version, the customer's latest profile, recent even
 and open exceptions for context, and the partition that owns the customer (so the deadline
 index can be rebuilt after a rebalance).
 
-Stored (version 4) as compact JSON compressed with Zstandard (`pipeline.compress_state`,
-default true): a customer's state is mostly repeated keys, type names, categories and times,
-which zstd shrinks 2.3x, for about a tenth of a worker's CPU (docs/performance.md, "Smaller
-state"). Compact means: remembered ids packed as 12 bytes each (digest, then age in whole
-seconds before the newest, times rounded up to the second), recent events as columns with the
-contract's event types as small numbers. Versions 1-3 (plain JSON) are read too, so a worker
-upgraded in place keeps its changelog.
+Stored (version 5) as MessagePack (`_Stored`: the fields in order, no keys) compressed with
+Zstandard (`pipeline.compress_state`, default true): msgspec reads and writes it in C straight
+into the state's tuples and bytes, so an event pays no Python-level packing; zstd shrinks the
+repeated type names, categories and keys. Remembered ids are 8-byte digests packed together
+and their times in whole seconds (rounded up). Versions 1-4 (JSON, version 4 compressed) are
+read too, so a worker upgraded in place keeps its changelog.
 
 Bound (docs/detectors.md, "State"): at most `dedupe_max_ids` digests, one profile, 20 recent
 events, 20 open orders, 20 open exceptions, and per rule what its detector keeps (see each
@@ -31,10 +30,12 @@ from datetime import timedelta
 from math import ceil
 from typing import Any
 
+import msgspec
 import orjson
 import zstandard
 
-VERSION = 4  # 4: compact JSON, zstd-compressed; 3 (`seen` packed), 2 and 1 are read too
+VERSION = 5  # 5: MessagePack, zstd-compressed; 4 (compact JSON, compressed), 3, 2, 1 are read
+_V5 = b"\x05"  # the first byte of a version 5 body; a JSON body (versions 1-4) starts with "{"
 _SEEN3 = struct.Struct("<8sd")  # version 3: digest, event time (the float itself)
 _AGE_MAX = 2**32 - 1
 _ZSTD = b"\x28\xb5\x2f\xfd"  # a Zstandard frame's magic number; plain JSON starts with "{"
@@ -140,12 +141,91 @@ def _unpack_recent(columns: list[list[Any]]) -> tuple[tuple[float, str, str], ..
 
 
 def plain(data: bytes) -> dict[str, Any]:
-    """A stored state as the JSON object it was written from (any version), for measuring
-    and inspecting: `{"v": 4, "seen": ..., "rules": ..., ...}`."""
-    raw = orjson.loads(_decompress(data) if data[:4] == _ZSTD else data)
+    """A stored state as a JSON object (any version), for measuring and inspecting:
+    `{"v": 5, "seen": ..., "rules": ..., ...}`; a version 5 state is shown with version 4's
+    keys and packing."""
+    body = _decompress(data) if data[:4] == _ZSTD else data
+    if body[:1] == _V5:
+        state = _read_v5(body)
+        newest, seen = (
+            _pack_seen(state.seen_ids, state.seen_times) if state.seen_times else (None, None)
+        )
+        parts = {
+            "sn": newest,
+            "seen": seen,
+            "rules": state.rules,
+            "profile": state.profile,
+            "p": state.partition,
+            "r": _pack_recent(state.recent) if state.recent else None,
+            "orders": state.orders,
+            "open": state.open,
+        }
+        return {"v": 5, **{k: v for k, v in parts.items() if v or v == 0}}
+    raw = orjson.loads(body)
     if not isinstance(raw, dict):
         raise ValueError(f"a customer state is a JSON object, not {type(raw).__name__}")
     return raw
+
+
+class _Stored(msgspec.Struct, array_like=True):
+    """Version 5 as MessagePack: the state's fields in order, as an array (no keys), that
+    msgspec reads and writes in C, straight into the tuples and bytes the state holds. Recent
+    events are three columns, their types as `_TYPES` codes (names for types not listed)."""
+
+    seen_ids: bytes
+    seen_times: tuple[int, ...]
+    rules: dict[str, list[Any]]
+    profile: dict[str, Any] | None
+    partition: int | None
+    times: tuple[float, ...]
+    kinds: list[int | str]
+    details: tuple[str, ...]
+    orders: dict[str, Any]
+    open: dict[str, Any]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Stored).decode
+
+
+def _write_v5(state: CustomerState) -> bytes:
+    times, kinds, details = zip(*state.recent, strict=True) if state.recent else ((), (), ())
+    codes: list[Any] = list(map(_TYPE_CODE.get, kinds))
+    if None in codes:  # a type not listed: kept by name
+        codes = [_TYPE_CODE.get(k, k) for k in kinds]
+    return _V5 + _encode(
+        _Stored(
+            state.seen_ids,
+            state.seen_times,
+            state.rules,  # type: ignore[arg-type]
+            state.profile,  # type: ignore[arg-type]
+            state.partition,
+            times,
+            codes,
+            details,
+            state.orders,  # type: ignore[arg-type]
+            state.open,  # type: ignore[arg-type]
+        )
+    )
+
+
+def _read_v5(body: bytes) -> CustomerState:
+    s = _decode(memoryview(body)[1:])
+    codes: list[Any] = s.kinds
+    try:
+        kinds = list(map(_TYPES.__getitem__, codes))
+    except TypeError:  # a type not listed, by name
+        kinds = [_TYPES[k] if k.__class__ is int else k for k in codes]
+    return CustomerState(
+        s.seen_ids,
+        s.seen_times,
+        s.rules,
+        s.profile,
+        s.partition,
+        tuple(zip(s.times, kinds, s.details, strict=True)),
+        s.orders,
+        s.open,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,34 +247,25 @@ class CustomerState:
     open: Mapping[str, Any] = field(default_factory=dict)
 
     def to_bytes(self, compress: bool = True) -> bytes:
-        """Serialise for the table: compact JSON with a version to migrate from, compressed
-        unless `compress` is false (`pipeline.compress_state`; `from_bytes` reads both). Empty
-        parts are left out (`from_bytes` reads them as empty). Remembered ids' times are kept
-        to the second (rounded to keep them longer), everything else exactly."""
-        newest, seen = (
-            _pack_seen(self.seen_ids, self.seen_times) if self.seen_times else (None, None)
-        )
-        parts = {
-            "sn": newest,
-            "seen": seen,
-            "rules": self.rules,
-            "profile": self.profile,
-            "p": self.partition,
-            "r": _pack_recent(self.recent) if self.recent else None,
-            "orders": self.orders,
-            "open": self.open,
-        }
-        text = orjson.dumps({"v": VERSION, **{k: v for k, v in parts.items() if v or v == 0}})
-        # orjson's output, and python-zstandard's (measured with 0.25: 1,008 bytes held for a
-        # 19-byte frame), keep the buffer they wrote into (kept_json): the table keeps a copy.
-        return bytes(memoryview(_compress(text) if compress else text))
+        """Serialise for the table (version 5, `_write_v5`), compressed unless `compress` is
+        false (`pipeline.compress_state`; `from_bytes` reads both). Remembered ids' times are
+        kept to the second (rounded to keep them longer), everything else exactly."""
+        text = _write_v5(self)
+        # python-zstandard's output keeps the buffer it wrote into, larger than the frame
+        # (as orjson's does, kept_json): the table keeps a copy of the right size.
+        return bytes(memoryview(_compress(text))) if compress else text
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> CustomerState:
-        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-4."""
+        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-5."""
         if not data:
             return cls()
-        raw = plain(data)
+        body = _decompress(data) if data[:4] == _ZSTD else data
+        if body[:1] == _V5:
+            return _read_v5(body)
+        raw = orjson.loads(body)
+        if not isinstance(raw, dict):
+            raise ValueError(f"a customer state is a JSON object, not {type(raw).__name__}")
         recent = raw.get("recent")  # versions 1-3: [[time, type, detail], ...]
         ids, times = _unpack_seen(raw.get("seen"), raw.get("sn"))
         return cls(

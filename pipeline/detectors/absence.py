@@ -32,6 +32,7 @@ class AbsenceDetector:
     """Deadlines per correlation key, armed, moved, disarmed and fired on event time."""
 
     kind: ClassVar[str] = "absence"
+    timed: ClassVar[bool] = True
     rule: str
     key: str
     start: Sequence[Sequence[Matcher]]

@@ -59,6 +59,9 @@ class Detector(Protocol[S]):
     passes `next_deadline`."""
 
     kind: ClassVar[str]
+    # Whether `next_deadline` can ever be a time: the engine asks only those that say so (a
+    # detector without the attribute is asked).
+    timed: ClassVar[bool]
 
     def initial(self) -> S:
         """The state of a customer never seen before."""
@@ -82,10 +85,19 @@ class Detector(Protocol[S]):
         ...
 
 
+_last: tuple[Any, Instant] = (None, 0.0)
+
+
 def epoch(value: Any) -> Instant:
     """An event time (datetime or RFC 3339 text) as seconds since the epoch."""
-    return (
-        value.timestamp()
-        if isinstance(value, datetime)
-        else datetime.fromisoformat(value).timestamp()
-    )
+    global _last
+    # Every rule that sees an event reads its time: the last datetime converted is kept (a
+    # datetime is immutable; one tuple, so a reader never pairs a value with another's time).
+    last = _last
+    if value is last[0]:
+        return last[1]
+    if isinstance(value, datetime):
+        t = value.timestamp()
+        _last = (value, t)
+        return t
+    return datetime.fromisoformat(value).timestamp()

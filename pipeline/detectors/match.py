@@ -15,6 +15,7 @@ class MatchDetector:
     """Stateless: each matching event is its own finding, its subject taken from `subject`."""
 
     kind: ClassVar[str] = "match"
+    timed: ClassVar[bool] = False
     rule: str
     when: Sequence[Sequence[Matcher]]
     subject: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ class ThresholdDetector:
     """Counts matching events per group in a sliding window of event time."""
 
     kind: ClassVar[str] = "threshold"
+    timed: ClassVar[bool] = False
     rule: str
     when: Sequence[Sequence[Matcher]]
     count: int

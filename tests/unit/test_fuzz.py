@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, InvalidEvent
-from pipeline.ingest import parse_event
+from pipeline.ingest import decode_event, parse_event
+from pipeline.models import EVENT_TYPES
 
 VALID = {
     "event_id": "e-1",
@@ -38,13 +39,25 @@ def check(value: bytes) -> None:
     started = time.perf_counter()
     problem: InvalidEvent | None = None
     try:
-        parse_event(value)
+        event = parse_event(value)
     except InvalidEvent as exc:
         problem = exc
     assert time.perf_counter() - started < 1.0  # no pathological input
     if problem is not None:
         assert problem.reason.strip()
         assert problem.error_class.replace("_", "").isalnum()
+    # The per-event path accepts the same, with the same dict, and rejects with the same words.
+    fast: dict[str, object] | InvalidEvent
+    try:
+        fast = decode_event(value)
+    except InvalidEvent as exc:
+        fast = exc
+    if problem is None:
+        assert isinstance(fast, dict)
+        assert list(fast.items()) == list(event.model_dump().items())
+    else:
+        assert isinstance(fast, InvalidEvent)
+        assert (fast.reason, fast.error_class) == (problem.reason, problem.error_class)
 
 
 @settings(max_examples=500, deadline=None)
@@ -58,6 +71,55 @@ def test_random_bytes(value: bytes) -> None:
 def test_events_with_random_field_values(changes: dict[str, object]) -> None:
     # the standard library writes what orjson refuses (integers beyond 64 bits): so do producers
     check(json.dumps({**VALID, **changes}).encode())
+
+
+TIMES = st.sampled_from(
+    [
+        "2026-03-01T10:00:00Z",
+        "2026-03-01T10:00:00.5+05:30",
+        "2026-03-01T10:00:00.123456-00:00",
+        "2026-03-01T10:00:00.1234567Z",
+        "2026-03-01T10:00:00",
+        "2026-02-30T10:00:00Z",
+        "2026-03-01 10:00:00Z",
+        "2026-03-01T24:00:00Z",
+        "2026-03-01T10:00:60Z",
+        "2026-03-01T10:00:00+25:00",
+        "0000-03-01T10:00:00Z",
+    ]
+)
+AMOUNTS = st.sampled_from(["0", "12.50", "1e3", " 1", "-1", "1.123456789", "9" * 29, "00.10", ""])
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(EVENT_TYPES),
+    st.dictionaries(
+        st.sampled_from(["channel", "category", "sentiment", "transferred", "summary", "tier"]),
+        st.none() | st.booleans() | st.sampled_from(["call", "fax", "neutral", "", "x" * 201]),
+        max_size=4,
+    ),
+    TIMES,
+    AMOUNTS,
+    st.sampled_from(["EUR", "eur", "EURO", "EU\n"]),
+)
+def test_plausible_events_of_every_type(
+    kind: str, fields: dict[str, object], at: str, amount: str, currency: str
+) -> None:
+    """Near-valid events of every type, the kind the per-event path checks itself."""
+    event = {
+        **VALID,
+        "type": kind,
+        "occurred_at": at,
+        "promised_by": at,
+        "value": {"amount": amount, "currency": currency},
+        "channel": "chat",
+        "category": "billing",
+        "asset_id": "a-1",
+        "tier": "gold",
+        **fields,
+    }
+    check(orjson.dumps(event))
 
 
 @settings(max_examples=300, deadline=None)

@@ -116,7 +116,7 @@ def test_a_version_3_state_is_read_and_written_back_compressed_with_the_same_mea
     state = CustomerState.from_bytes(orjson.dumps(old))
     assert state.remember("e-3", 1764760000.0, WEEK, 256) is None
     stored = state.to_bytes()
-    assert stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+    assert len(stored) < len(state.to_bytes(compress=False))  # compressed
     again = CustomerState.from_bytes(stored)
     assert again.remember("e-3", 1764760000.0, WEEK, 256) is None
     assert again.remember("e-9", 1764760000.0, WEEK, 256) is not None
@@ -127,7 +127,79 @@ def test_a_version_3_state_is_read_and_written_back_compressed_with_the_same_mea
         (1764748800.125, "order.shipped", "o-1"),
         (1764752400.0, "a.later.type", ""),  # a type the codes do not know: kept by name
     )
-    assert plain(stored)["v"] == 4
+    assert plain(stored)["v"] == 5
+
+
+def test_a_version_4_state_is_read_and_written_back_as_version_5_with_the_same_meaning() -> None:
+    """Version 4 (compact JSON in a zstd frame) is what a worker's changelog holds before the
+    upgrade: every part reads the same, through a round trip of the new version too."""
+    import zstandard
+
+    times = [1764745200 + i * 3600 for i in range(5)]
+    ids = b"".join(hashlib.blake2b(f"e-{i}".encode(), digest_size=8).digest() for i in range(5))
+    ages = struct.pack("<5I", *(times[-1] - t for t in times))
+    rules = {
+        "repeated_contact": ["1cafeee38a9b", {"billing": {"e": [[1.5, "e-4"]], "q": None}}],
+        "missing_delivery": ["f89134945b11", {"o-1": {"x": 1764748800.125}}],
+    }
+    old = {
+        "v": 4,
+        "sn": times[-1],
+        "seen": base64.b64encode(ids + ages).decode(),
+        "rules": rules,
+        "profile": {"tier": "gold", "occurred_at": "2026-12-03T06:00:00+00:00"},
+        "p": 0,
+        "r": [[1764745200.25, 1764748800.125], [0, "a.later.type"], ["billing", ""]],
+        "orders": {"o-2": {"status": "placed", "value": {"amount": "1.50", "currency": "EUR"}}},
+        "open": {"x1": {"rule": "missing_delivery", "status": "open", "subject": {}}},
+    }
+    stored = zstandard.ZstdCompressor().compress(orjson.dumps(old))
+    for state in (CustomerState.from_bytes(stored),) * 2:
+        assert state.partition == 0
+        assert [t for _, t in state.seen] == times
+        assert state.remember("e-2", times[-1], WEEK, 256) is None
+        assert state.rules == rules
+        assert state.profile == old["profile"]
+        assert (state.orders, state.open) == (old["orders"], old["open"])
+        assert state.recent == (
+            (1764745200.25, "interaction.contact", "billing"),
+            (1764748800.125, "a.later.type", ""),
+        )
+        again = CustomerState.from_bytes(state.to_bytes())
+        assert again == CustomerState.from_bytes(state.to_bytes(compress=False))
+        assert (again.seen, again.rules, again.profile, again.partition) == (
+            state.seen,
+            state.rules,
+            state.profile,
+            0,
+        )
+        assert (again.recent, again.orders, again.open) == (state.recent, state.orders, state.open)
+        stored = state.to_bytes()
+        assert plain(stored)["v"] == 5
+
+
+def test_a_version_5_state_reads_back_equal_with_the_types_it_was_written_with() -> None:
+    """MessagePack keeps what JSON kept: floats stay floats (exactly), ints ints, lists lists,
+    tuples of recent events tuples; nested rule states and the profile come back equal."""
+    state = CustomerState(
+        seen_ids=bytes(range(16)),
+        seen_times=(1764745201, 1764748801),
+        rules={"r": ["v1", {"k": {"e": [[1.25, "e-1"], [2.0, "e-2"]], "q": None}}]},
+        profile={"tier": "gold", "attributes": {"n": 3, "x": [1, 2.5, True, None]}},
+        partition=0,
+        recent=((1764745200.1, "interaction.contact", "billing"), (1764748800.0, "x.y", "")),
+        orders={"o-1": {"status": "placed", "value": {"amount": "1.50", "currency": "EUR"}}},
+        open={"x": {"rule": "r", "status": "open", "subject": {"order_id": "o-1"}}},
+    )
+    for compress in (True, False):
+        read = CustomerState.from_bytes(state.to_bytes(compress))
+        assert read == state
+        assert read.rules["r"][1]["k"]["e"][1][0].__class__ is float
+        assert read.profile is not None
+        assert read.profile["attributes"]["n"].__class__ is int
+        assert read.recent[1][0].__class__ is float
+        assert plain(state.to_bytes(compress))["v"] == 5
+    assert CustomerState.from_bytes(CustomerState().to_bytes()) == CustomerState()
 
 
 def test_a_customers_state_is_stored_in_well_under_half_its_plain_json() -> None:
