@@ -83,7 +83,8 @@ class Desk:
     def view(self, now: datetime) -> Group:
         """The table, the last thing that happened, and the commands."""
         title = f"{self.handler} · {self.topic}"
-        shown = table(newest_first(self.cases, self.show_resolved), now, title, self.within)
+        rows = newest_first(self.cases, self.show_resolved, self.handler)
+        shown = table(rows, now, title, self.within, self.handler)
         return Group(shown, Text(self.status), Text(USAGE, "dim"))
 
     def take(self, item: _Item) -> list[str]:
@@ -110,7 +111,7 @@ class Desk:
             command = parse_command(line)
             if command.status is None:
                 return False
-            shown = newest_first(self.cases, self.show_resolved)
+            shown = newest_first(self.cases, self.show_resolved, self.handler)
             case = lookup(self.cases, command.ref, self.topic, shown)
             answer = resolution(case.record, self.handler, command.status, _now(), command.note)
         except (ValueError, HandleError) as exc:  # a pydantic ValidationError is a ValueError
@@ -187,12 +188,17 @@ async def print_once(config: Config, handler: str, bootstrap: str, show_resolved
     """Print the table of everything on the handler's topic now, once."""
     topic = config.handler_topic(handler)
     cases = await collect(bootstrap, topic)
-    done = sum(c.record.status == "resolved" for c in cases.values())
-    title = f"{handler} · {topic} · {len(cases) - done} unresolved, {done} resolved"
-    if done and not show_resolved:
+    resolved = sum(c.record.status == "resolved" for c in cases.values())
+    passed = sum(c.handed_on(handler) is not None for c in cases.values())
+    title = (
+        f"{handler} · {topic} · {len(cases) - resolved - passed} open, {passed} handed on, "
+        f"{resolved} resolved"
+    )
+    if resolved + passed and not show_resolved:
         title += " (hidden: --all shows them)"
-    shown = newest_first(cases, show_resolved)
-    _console().print(table(shown, _now(), title, config.handlers[handler].resolve_within))
+    shown = newest_first(cases, show_resolved, handler)
+    within = config.handlers[handler].resolve_within
+    _console().print(table(shown, _now(), title, within, handler))
     return 0
 
 

@@ -33,6 +33,18 @@ class Case:
     first_seen: datetime  # `detected_at` of its first record
     record: ExceptionRecord  # its latest record
 
+    def handed_on(self, handler: str | None) -> str | None:
+        """The handler it went to, when `handler` passed it on (escalated or reassigned away)
+        and nobody has closed it since; None when it is still `handler`'s or closed."""
+        route = self.record.route
+        if handler is None or self.record.status == "resolved" or route is None:
+            return None
+        return route.handler if route.handler != handler else None
+
+    def done(self, handler: str | None) -> bool:
+        """Nothing left for `handler` to do: resolved, or handed on to another handler."""
+        return self.record.status == "resolved" or self.handed_on(handler) is not None
+
 
 def fold(
     records: Iterable[ExceptionRecord], cases: Mapping[str, Case] | None = None
@@ -51,9 +63,12 @@ def fold(
     return folded
 
 
-def newest_first(cases: Mapping[str, Case], show_resolved: bool = False) -> list[Case]:
-    """The rows to show, newest first seen first; resolved ones only with `show_resolved`."""
-    kept = [c for c in cases.values() if show_resolved or c.record.status != "resolved"]
+def newest_first(
+    cases: Mapping[str, Case], show_resolved: bool = False, handler: str | None = None
+) -> list[Case]:
+    """The rows to show, newest first seen first; those done for `handler` (resolved, or
+    handed on to another handler) only with `show_resolved`."""
+    kept = [c for c in cases.values() if show_resolved or not c.done(handler)]
     return sorted(kept, key=lambda c: (c.first_seen, c.number), reverse=True)
 
 
@@ -72,10 +87,15 @@ COLUMNS = [
 
 
 def table(
-    shown: Sequence[Case], now: datetime, title: str = "", within: timedelta | None = None
+    shown: Sequence[Case],
+    now: datetime,
+    title: str = "",
+    within: timedelta | None = None,
+    handler: str | None = None,
 ) -> Table:
     """The handler's table, rows in the order given. An age past `within` (the handler's
-    resolve_within) says `late`. Text from records is never read as rich markup."""
+    resolve_within) says `late`; a case `handler` handed on says to whom and when. Text from
+    records is never read as rich markup."""
     t = Table(
         *COLUMNS,
         title=title or None,
@@ -84,20 +104,24 @@ def table(
         box=box.SIMPLE_HEAD,
     )
     for case in shown:
-        t.add_row(
-            *_cells(case, now, within), style="dim" if case.record.status == "resolved" else None
-        )
+        t.add_row(*_cells(case, now, within, handler), style="dim" if case.done(handler) else None)
     return t
 
 
-def _cells(case: Case, now: datetime, within: timedelta | None) -> list[Text]:
+def _cells(case: Case, now: datetime, within: timedelta | None, handler: str | None) -> list[Text]:
     r, age = case.record, now - case.first_seen
-    late = within is not None and r.status != "resolved" and age > within
+    to = case.handed_on(handler)
+    late = within is not None and not case.done(handler) and age > within
+    status = (
+        Text(f"handed on to {to} {age_text(now - r.detected_at)} ago")
+        if to
+        else Text(r.status, _STATUS[r.status])
+    )
     return [
         Text(str(case.number)),
         Text(r.exception_id[:8]),
         Text(age_text(age) + (" late" if late else ""), "red" if late else ""),
-        Text(r.status, _STATUS[r.status]),
+        status,
         Text(r.severity, _SEVERITY[r.severity]),
         Text(r.rule),
         Text(customer(r)),

@@ -73,13 +73,12 @@ def _wrap(cls: Any, name: str, after: Any) -> None:
     setattr(cls, name, wrapper)
 
 
-_wrap(
-    worker.Ingest,
-    "handle",
-    lambda self, _, msg: note(
-        "P", tp=f"{msg.topic}:{msg.partition}", o=msg.offset, e=_event_id(msg.value)
-    ),
-)
+def _processed(self: Any, _: Any, records: Any) -> None:
+    for r in records:
+        note("P", tp=f"{r.topic}:{r.partition}", o=r.offset, e=_event_id(r.value))
+
+
+_wrap(worker.Worker, "batch", _processed)
 
 
 def _routed(self: Any, _: Any, value: bytes | None, offset: int = -1) -> None:
@@ -123,6 +122,26 @@ def _sent(self: TopicSink, _: Any, key: bytes | None, value: bytes | None, *a: A
 
 
 _wrap(TopicSink, "send", _sent)
+
+
+def _sent_all(self: TopicSink, _: Any, records: Any) -> None:
+    for key, value, *_ in records:
+        _sent(self, None, key, value)
+
+
+_wrap(TopicSink, "send_all", _sent_all)
+
+# A batch's offsets are acknowledged together (SafeConsumer._ack_batch), not through the sensors.
+_ack_batch = offsets.SafeConsumer._ack_batch
+
+
+def ack_batch(self: Any, tp: Any, records: Any) -> None:
+    _ack_batch(self, tp, records)
+    for r in records:
+        note("K", tp=f"{tp.topic}:{tp.partition}", o=r.offset)
+
+
+offsets.SafeConsumer._ack_batch = ack_batch  # type: ignore[method-assign]
 
 # Faust's compiled stream iterator acknowledges offsets inline (not through Consumer.ack); the
 # sensors hear of each acknowledged offset.

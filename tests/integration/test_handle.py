@@ -146,7 +146,7 @@ def test_once_shows_every_exception_in_its_latest_state(
     name, topic = handler_topic
     result = handle(config_file, bootstrap, name, "--once")
     assert result.returncode == 0, result.stderr
-    assert f"{name} · {topic} · 2 unresolved, 0 resolved" in result.stdout
+    assert f"{name} · {topic} · 2 open, 0 handed on, 0 resolved" in result.stdout
     a, b = row(result.stdout, A), row(result.stdout, B)
     assert " escalated " in a
     assert " open " not in a

@@ -353,3 +353,31 @@ def test_conflicting_or_oversized_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         run_handle(*argv)
     assert info.value.code == 2
+
+
+def test_an_exception_escalated_away_shows_as_handed_on_and_leaves_the_open_list() -> None:
+    """logistics missed its SLA on A: dispatch escalated A to supervisors and told logistics.
+    logistics' view says to whom and when, never `late`, and drops it from the open rows; the
+    resolution (by supervisors, or by logistics itself) closes it there too."""
+    handed = record(
+        status="escalated",
+        at=T0 + timedelta(hours=8),
+        route={"handler": "supervisors", "path": "root/logistics", "reason": "escalation: ..."},
+    )
+    cases = handle_cases.fold([record(), record(B), handed])
+    now = T0 + timedelta(hours=9)
+    assert [
+        c.record.exception_id for c in handle_cases.newest_first(cases, False, "logistics")
+    ] == [B]
+    everything = handle_cases.newest_first(cases, True, "logistics")
+    row = row_of(
+        plain(handle_cases.table(everything, now, within=timedelta(hours=8), handler="logistics")),
+        A,
+    )
+    assert "handed on to supervisors 1h00m ago" in row
+    assert "late" not in row
+    # supervisors' own view of the same record: its open case
+    assert cases[A].handed_on("supervisors") is None
+    closed = handle_cases.fold([record(status="resolved", at=T0 + timedelta(hours=10))], cases)
+    assert closed[A].record.status == "resolved"
+    assert closed[A].handed_on("logistics") is None
