@@ -65,7 +65,15 @@ def command(
         sys.stdout.buffer.write(data + b"\n")
         print(f"backtest: {headline(diff)}", file=sys.stderr)
     else:
-        print_diff(diff, names, Console(width=None if sys.stdout.isatty() else PLAIN_WIDTH))
+        print_diff(diff, names, _Console(width=None if sys.stdout.isatty() else PLAIN_WIDTH))
     if diff.new.summary.invalid:
         return EXIT_INVALID
     return EXIT_CHANGED if fail_on_change and diff.changed else 0
+
+
+class _Console(Console):
+    """Leaves a closed stdout (`| head`) to `casewatch`'s own handling, exit 141 as for every
+    command: rich's default exits 1, the code of an environment failure."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError

@@ -7,6 +7,7 @@ would edit the file; the events are bench/workload.py's realistic traffic, or th
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -181,14 +182,23 @@ def test_a_moved_trigger_is_the_same_exception_later_not_one_gone_and_one_new() 
     }
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "replay", *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+def run_cli(*argv: str, reader_gone: bool = False) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline replay ...`, with none of this host's Casewatch or Kafka settings;
+    `reader_gone`: stdout is a pipe its reader has closed, as `| head -0` leaves it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CASEWATCH_", "KAFKA_"))}
+    command = [sys.executable, "-m", "pipeline", "replay", *argv]
+    if not reader_gone:
+        return subprocess.run(
+            command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+        )
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        return subprocess.CompletedProcess(command, proc.wait(timeout=120), "", stderr)
 
 
 def test_identical_configs_exit_0_even_with_fail_on_change(tmp_path: Path) -> None:
@@ -214,6 +224,13 @@ def test_fail_on_change_exits_3_on_a_change_and_the_json_says_what(tmp_path: Pat
     ]
     assert moved[0]["new"]["paths"] == ["root/carriers"]
     assert data["rules"] == {"changed": [], "added": [], "removed": []}  # a route changed
+
+
+def test_a_closed_stdout_ends_quietly_with_141_as_every_command(tmp_path: Path) -> None:
+    (tmp_path / "new.yaml").write_text(CARRIERS)
+    argv = [SAMPLE, "--config", str(tmp_path / "new.yaml"), "--against", str(DEFAULT_CONFIG)]
+    done = run_cli(*argv, reader_gone=True)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_a_bad_against_config_stops_with_the_config_error_and_exit_2(
