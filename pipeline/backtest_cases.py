@@ -47,9 +47,15 @@ APPEAR, DISAPPEAR, HANDLER, SEVERITY, STATUS, TIME, ESCALATION = (
 KINDS = (APPEAR, DISAPPEAR, HANDLER, SEVERITY, STATUS, TIME, ESCALATION)
 # The counts per rule and per handler: exceptions under each config, then changes
 RULE_COUNTS = ("old", "new", *KINDS, "escalated_old", "escalated_new")
-HANDLER_COUNTS = (
-    *("old", "new", APPEAR, DISAPPEAR, "moved_in", "moved_out"),
-    *("escalated_old", "escalated_new"),
+HANDLER_COUNTS: tuple[str, ...] = (
+    "old",
+    "new",
+    APPEAR,
+    DISAPPEAR,
+    "moved_in",
+    "moved_out",
+    "escalated_old",
+    "escalated_new",
 )
 
 
