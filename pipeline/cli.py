@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_instant,
         help="RFC 3339 time the clock advances to at the end (default: the last event's time)",
     )
+    r.add_argument(
+        "--against",
+        default=None,
+        metavar="OLD",
+        help="backtest: replay under OLD too and print what --config changes (--out: as JSON)",
+    )
+    r.add_argument("--json", action="store_true", help="with --against: print the diff as JSON")
+    r.add_argument(
+        "--fail-on-change", action="store_true", help="with --against: exit 3 if anything changed"
+    )
     r.set_defaults(func=_replay)
 
     ro = sub.add_parser("routes", help="the routing tree: test where an exception would go")
@@ -274,6 +284,14 @@ def _replay(args: argparse.Namespace) -> int:
     from pipeline.replay import run
 
     config = _config(args.config)
+    if (args.json or args.fail_on_change) and not args.against:
+        print(
+            "casewatch: replay: --json and --fail-on-change compare two configs: add "
+            "--against OLD.yaml",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    old = _config(args.against) if args.against else None
     if not Path(args.file).is_file():
         print(f"casewatch: replay: {args.file}: no such file: check the path", file=sys.stderr)
         return EXIT_CONFIG
@@ -286,12 +304,24 @@ def _replay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
+    if old is not None:
+        return _backtest(args, config, old)
+    if args.out:
         with open(args.out, "wb") as out:
             summary = run(args.file, config, out, args.until, sys.stderr.isatty())
     else:
         summary = run(args.file, config, sys.stdout.buffer, args.until, sys.stderr.isatty())
     print(summary.text(), file=sys.stderr)
     return 1 if summary.invalid else 0
+
+
+def _backtest(args: argparse.Namespace, config: Config, old: Config) -> int:
+    from pipeline.backtest import command
+    from pipeline.backtest_output import Names
+
+    new = str(args.config or Runtime.from_env().config_path or DEFAULT_CONFIG)
+    names = Names(args.file, new, args.against)
+    return command(names, config, old, args.until, args.out, args.json, args.fail_on_change)
 
 
 def _produce(args: argparse.Namespace) -> int:
