@@ -273,12 +273,14 @@ class Processor:
         if updated.partition != partition:
             updated = replace(updated, partition=partition)
         new, findings = self.engine.observe(updated, data, now)
-        position = (
-            SourcePosition(topic=record.topic, partition=partition, offset=record.offset)
-            if wall is not None
-            else None
-        )
-        self._found(findings, new, max(t, now) if wall is None else wall, wall, position, now, out)
+        if findings:
+            position = (
+                SourcePosition(topic=record.topic, partition=partition, offset=record.offset)
+                if wall is not None
+                else None
+            )
+            at = max(t, now) if wall is None else wall
+            self._found(findings, new, at, wall, position, now, out)
         self._keep(partition, customer, new, states)
 
     def _fire_due(
