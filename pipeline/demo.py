@@ -301,8 +301,8 @@ def _stop(demo: Demo, caught: list[str]) -> None:
         demo.procs.hurry = again
         if caught:
             say(f"{caught[0]}: stopping")
-        if demo.procs.workers or demo.procs.started_broker:
-            broker = " and the broker it started" if demo.procs.started_broker else ""
+        if demo.procs.workers or demo.procs.broker_pid:
+            broker = " and the broker it started" if demo.procs.broker_pid else ""
             say(f"stopping the workers{broker}")
         demo.procs.stop()
 
