@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -115,6 +116,8 @@ def test_sigterm_stops_the_workers_and_leaves_the_broker_it_found_running(
 
 def test_closing_its_terminal_sighup_stops_everything(bootstrap: str, tmp_path: Path) -> None:
     main, tty = os.openpty()
+    # Wide enough that the header's lines do not wrap: 60 rows, 240 columns.
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 240, 0, 0))
 
     def own_terminal() -> None:  # the demo's session, with the pty as its controlling terminal
         os.setsid()
@@ -137,9 +140,10 @@ def test_closing_its_terminal_sighup_stops_everything(bootstrap: str, tmp_path: 
         for _ in range(10):  # the live view draws what it shows
             time.sleep(0.5)
             screen += reader.read() or b""
-        assert b"open now" in screen
+        assert b"exceptions found: " in screen
+        assert b", open now: " in screen
         reader.close()  # the terminal goes away: the kernel hangs up its session
-        demo.wait(60)
+        assert demo.wait(60) == 0  # stopped cleanly, not killed by the signal
     finally:
         demo.kill()
     _assert_all_gone(pids)
