@@ -7,11 +7,15 @@ modem and five calls, the leaking faucet, the noisy neighbours, a burst of faile
 a couple of broken messages). Simulated handler teams resolve their exceptions at a limited
 pace, so queues fill, overflow and escalate. A live terminal view shows the newest exceptions,
 each handler's queue against its capacity, and the dead letters, with the workers' `/metrics`
-addresses. Ctrl-C (or `--duration`) stops everything it started.
+addresses, and the commands that follow a handler's queue and report on the run. Ctrl-C,
+SIGTERM, SIGHUP (its terminal closed) or `--duration` stop everything it started, and nothing
+else (a broker that was already running keeps running); a worker that exits stops the demo,
+with the reason on screen (exit 1). pipeline/demo_procs.py holds what starts and stops.
 
 The demo's config is the shipped one with small capacities and short deadlines (seconds, not
 hours) so that everything happens within a minute; each run has its own topics and group,
-prefixed `demo<time>.`.
+prefixed `demo<time>.`, and its own folder `$CASEWATCH_CACHE/demo/demo<time>/` (config
+`casewatch.yaml`, worker logs and state, `pids.json`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -36,11 +39,19 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config
+from pipeline.demo_procs import (
+    DemoError,
+    Processes,
+    cache_dir,
+    follow_commands,
+    last_words,
+    metrics_ports,
+    run_folder,
+    say,
+    stopping_on,
+)
 from pipeline.demo_traffic import Traffic
-from pipeline.demo_view import show, summary
-
-REPO = Path(__file__).resolve().parents[1]
-LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
+from pipeline.demo_view import show, show_line, summary
 
 # Seconds instead of hours: (capacity, resolve_within) per handler.
 DEMO_HANDLERS = {
@@ -57,7 +68,7 @@ RESOLVE_EVERY = {"supervisors": 5.0, "vip": 6.0}
 RESOLVE_DEFAULT = 12.0
 
 
-def demo_config(folder: Path, prefix: str) -> Path:
+def demo_config(path: Path, prefix: str) -> Path:
     """The shipped config with demo-sized capacities, deadlines and topic names."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["pipeline"] |= {"app_id": f"{prefix}casewatch", "partitions": 3}
@@ -67,8 +78,6 @@ def demo_config(folder: Path, prefix: str) -> Path:
     data["rules"]["missing_delivery"] |= {"grace": "10s", "delay": "30s"}
     for name, (capacity, within) in DEMO_HANDLERS.items():
         data["handlers"][name] |= {"capacity": capacity, "resolve_within": within}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "casewatch-demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -79,67 +88,52 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
-        self.folder = Path(args.state_dir)
-        # Every run has its own topics and group: a clean slate, whatever ran before.
-        self.prefix = f"demo{int(time.time())}."
-        self.started_broker = False
-        self.workers: list[subprocess.Popen[bytes]] = []
+        # Every run has its own topics, group and folder: a clean slate, whatever ran before.
+        self.id, self.folder = run_folder(Path(args.state_dir or cache_dir() / "demo"))
+        self.prefix = f"{self.id}."
+        self.procs = Processes(self.folder)
         self.ports: list[int] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=12)
+        self.found: set[str] = set()
         self.by_status: Counter[str] = Counter()
         self.routed: Counter[str] = Counter()
         self.sent = 0
         self.began = time.monotonic()
         self.bootstrap = ""
         self.config: Config | None = None
+        self.config_path = self.folder / "casewatch.yaml"
+        self.commands: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if not self.bootstrap:
-            self.bootstrap = subprocess.run(
-                [str(LOCAL_KAFKA), "start"], check=True, capture_output=True, text=True
-            ).stdout.strip()
-            self.started_broker = True
-        path = demo_config(self.folder, self.prefix)
-        self.config = load_config(path)
+        self.bootstrap = self.procs.broker()
+        demo_config(self.config_path, self.prefix)
+        self.config = load_config(self.config_path)
+        self.commands = follow_commands(self.config_path, self.bootstrap, "logistics")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
-        subprocess.run(
-            [sys.executable, "-m", "pipeline", "topics", "--config", str(path)],
-            check=True,
+        topics = subprocess.run(
+            [sys.executable, "-m", "pipeline", "topics", "--config", str(self.config_path)],
             capture_output=True,
+            text=True,
             env=env,
         )
-        for i in range(2):
-            port = self.args.metrics_port + i
-            self.ports.append(port)
-            log = (self.folder / f"worker-{i + 1}.log").open("wb")
-            self.workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "pipeline", "worker", "--config", str(path)],
-                    env={
-                        **env,
-                        "CASEWATCH_METRICS_PORT": str(port),
-                        "CASEWATCH_STATE_DIR": str(self.folder / f"worker-{i + 1}"),
-                    },
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,  # Ctrl-C reaches us; we stop them in order
-                )
+        if topics.returncode != 0:
+            raise DemoError(f"creating the topics failed: {last_words(topics.stderr)}")
+        self.ports = metrics_ports(self.args.metrics_port)
+        for i, port in enumerate(self.ports):
+            self.procs.worker(
+                [sys.executable, "-m", "pipeline", "worker", "--config", str(self.config_path)],
+                {
+                    **env,
+                    "CASEWATCH_METRICS_PORT": str(port),
+                    "CASEWATCH_STATE_DIR": str(self.folder / f"worker-{i + 1}"),
+                },
             )
 
-    def stop(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.workers:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if self.started_broker:
-            subprocess.run([str(LOCAL_KAFKA), "stop"], capture_output=True)
+    def check(self) -> None:
+        """Raise DemoError when a worker has exited."""
+        self.procs.check()
 
     # -- the three activities -------------------------------------------------------------
 
@@ -187,6 +181,7 @@ class Demo:
             async for message in consumer:
                 record = orjson.loads(message.value)
                 self.recent.appendleft(record)
+                self.found.add(record["exception_id"])
                 self.by_status[record["status"]] += 1
                 reason = record["route"]["reason"].split(":")[0].split(" ")[0]
                 self.routed[reason] += 1
@@ -253,7 +248,7 @@ async def _run(demo: Demo) -> None:
     ]
     try:
         deadline = time.monotonic() + demo.args.duration if demo.args.duration else None
-        await show(demo, deadline, lambda: _raise_failed(tasks))
+        await show(demo, deadline, lambda: _raise_failed(tasks, demo))
     finally:
         for task in tasks:
             task.cancel()
@@ -262,31 +257,54 @@ async def _run(demo: Demo) -> None:
         await producer.stop()
 
 
-def _raise_failed(tasks: list[asyncio.Task[None]]) -> None:
+def _raise_failed(tasks: list[asyncio.Task[None]], demo: Demo) -> None:
+    demo.check()
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception():
             raise task.exception()  # type: ignore[misc]
 
 
 def run(args: argparse.Namespace) -> int:
+    """`casewatch demo`: 0 when stopped by --duration or a signal, 1 when it could not go on."""
     # aiokafka's warnings while fresh topics elect leaders would scroll over the view.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     demo = Demo(args)
-    print("starting: broker, topics, two workers (Ctrl-C stops everything)", file=sys.stderr)
+    failure: str | None = None
     try:
-        demo.start()
-        asyncio.run(_run(demo))
-    except KeyboardInterrupt:
+        with stopping_on() as caught:
+            say("starting: broker, topics, two workers (Ctrl-C stops everything)")
+            try:
+                demo.start()
+                for line in demo.commands:
+                    say(f"while it runs: {line}")
+                asyncio.run(_run(demo))
+            except KeyboardInterrupt:
+                pass
+            except DemoError as exc:
+                failure = str(exc)
+            finally:
+                _stop(demo, caught)
+    except KeyboardInterrupt:  # a signal in the instant between the view's end and the stop
         pass
-    finally:
-        print(
-            "stopping the workers" + (" and the broker" if demo.started_broker else ""),
-            file=sys.stderr,
-        )
-        demo.stop()
-    print(summary(demo))
-    print(f"worker logs: {demo.folder}/worker-1.log, worker-2.log")
+    if failure is not None:
+        if failure:
+            say(f"casewatch: demo: {failure}")
+        return 1
+    show_line(summary(demo))
+    show_line(f"config and worker logs: {demo.folder}")
     return 0
+
+
+def _stop(demo: Demo, caught: list[str]) -> None:
+    """Stop what the demo started; signals from now on only hurry it up."""
+    with stopping_on(interrupt=False) as again:
+        demo.procs.hurry = again
+        if caught:
+            say(f"{caught[0]}: stopping")
+        if demo.procs.workers or demo.procs.broker_pid:
+            broker = " and the broker it started" if demo.procs.broker_pid else ""
+            say(f"stopping the workers{broker}")
+        demo.procs.stop()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -300,12 +318,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=9464,
-        help="first worker's /metrics port (the second: +1)",
+        default=None,
+        help="first worker's /metrics port, the second's is the next "
+        "(default: 9464 if it and 9465 are free, else two free ports)",
     )
     p.add_argument(
         "--state-dir",
-        default=str(Path.home() / ".cache" / "casewatch" / "demo"),
-        help="config, worker state and logs",
+        default=None,
+        help="where each run's folder (config, worker state and logs) goes "
+        "(default: $CASEWATCH_CACHE/demo, ~/.cache/casewatch/demo without it)",
     )
     p.set_defaults(func=run)
