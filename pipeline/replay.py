@@ -79,6 +79,7 @@ class Replay:
         self.summary = Summary()
         self.newest = float("-inf")
         self.errors = errors if errors is not None else sys.stderr
+        self._partitions: dict[str, int] = {}  # customer -> partition (murmur2 is slow)
 
     def feed(self, lines: Iterable[bytes], name: str = "<input>") -> Iterator[ExceptionRecord]:
         """Process lines in order; yield every exception record as it is found."""
@@ -88,7 +89,9 @@ class Replay:
             if not line.strip():
                 continue
             customer, kind, t = _peek(line)
-            partition = partition_for(customer, partitions) if customer is not None else 0
+            partition = self._partitions.get(customer, -1) if customer is not None else 0
+            if partition < 0 and customer is not None:
+                partition = self._partitions[customer] = partition_for(customer, partitions)
             topic = topic_for(kind, self.config)
             out = self.processor.process(
                 partition, (Record(topic, partition, number, customer_key(customer), line),), None
@@ -127,6 +130,8 @@ class Replay:
         self.states.update(out.states)
 
     def _routed(self, routed: list[Routed]) -> Iterator[ExceptionRecord]:
+        if not routed:
+            return
         at = datetime.fromtimestamp(max(self.dispatch_clock.mark, 0.0), UTC)
         for r in in_order(routed, at):
             if r.notice:  # the decisions, once each: not what a former holder is told

@@ -327,6 +327,8 @@ def _duration(seconds: float) -> str:
 
 def stamp(records: Iterator[Routed] | list[Routed], at: datetime | None = None) -> list[Routed]:
     """Set `detected_at` of updates to the wall clock (live) or the given time (replay)."""
+    if not records:
+        return []
     when = (at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
     return [
         Routed(r.handler, {**r.record, "detected_at": when}, r.reason, r.notice) for r in records
