@@ -74,8 +74,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         return
     import faust
 
+    from pipeline.core.ingest import parse_event
     from pipeline.durable import App, StateTable
-    from pipeline.ingest import parse_event
 
     raw: dict[str, Any] = {
         "key_type": bytes,

@@ -15,7 +15,7 @@ from aiokafka import errors
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.errors import KafkaAccessError, Unavailable
+from pipeline.core.errors import KafkaAccessError, Unavailable
 from pipeline.security import TLS, KafkaSecurity
 
 REACH_SECONDS = 3.0  # a TCP connect to each bootstrap server, all at once

@@ -31,7 +31,7 @@ from itertools import chain
 from typing import IO, Any
 
 from pipeline.config import Config
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 from pipeline.replay import Replay, Summary
 
 # Kinds of change, in the order they are shown

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from pipeline import __version__, demo, handle, report
 from pipeline.access import check_access, check_reachable, explain, unreachable
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
-from pipeline.errors import ConfigError, KafkaAccessError, Unavailable
+from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
 from pipeline.security import SOURCE
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def _config(path: str | None, runtime: Runtime | None = None) -> Config:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pipeline import schemas
+    from pipeline.core import schemas
 
     paths = schemas.write(Path(args.out)) if args.out else schemas.write()
     for path in paths:
@@ -254,7 +254,7 @@ def _serve(metrics: Metrics, port: int) -> None:
 
 
 def _routes_test(args: argparse.Namespace) -> int:
-    from pipeline.models import DetectorKind, ExceptionStatus, Severity
+    from pipeline.core.models import DetectorKind, ExceptionStatus, Severity
     from pipeline.routers.tree import check_assignments, parse_assignments
 
     config = _config(args.config)

@@ -23,11 +23,11 @@ from pydantic import (
     field_validator,
 )
 
-from pipeline.durations import Duration, parse_duration
-from pipeline.errors import ConfigError
+from pipeline.core.durations import Duration, parse_duration
+from pipeline.core.errors import ConfigError
+from pipeline.core.rules import Rule
 from pipeline.problems import describe
 from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree, reachable_below_root
-from pipeline.rules import Rule
 from pipeline.security import SOURCE, KafkaSecurity
 
 __all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration", "review"]
@@ -51,7 +51,7 @@ class PipelineSettings(_Section):
     dedupe_window: Duration = timedelta(days=7)
     dedupe_max_ids: int = Field(default=256, ge=1, le=100_000)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
-    # Customer states stored compressed (pipeline/state.py): 2.3x smaller at equilibrium for
+    # Customer states stored compressed (pipeline/core/state.py): 2.3x smaller at equilibrium for
     # about a tenth of a worker's CPU (docs/performance.md). Either way, both are read.
     compress_state: bool = True
     # The worker's fetches (aiokafka's fetch_min_bytes, fetch_max_wait_ms): the broker answers

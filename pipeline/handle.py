@@ -35,10 +35,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from pipeline import models
 from pipeline.access import explain
 from pipeline.config import Config, Runtime, load_config
-from pipeline.errors import HandleError
+from pipeline.core import models
+from pipeline.core.errors import HandleError
+from pipeline.core.models import ExceptionRecord, ResolutionStatus
 from pipeline.handle_cases import (
     Case,
     customer,
@@ -51,7 +52,6 @@ from pipeline.handle_cases import (
     table,
 )
 from pipeline.handle_kafka import collect, follow, publish, resolutions_producer
-from pipeline.models import ExceptionRecord, ResolutionStatus
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"

@@ -16,8 +16,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import HandleError
-from pipeline.models import ExceptionRecord, Resolution, ResolutionStatus
+from pipeline.core.errors import HandleError
+from pipeline.core.models import ExceptionRecord, Resolution, ResolutionStatus
 
 ACTIONS: dict[str, ResolutionStatus] = {"a": "acknowledged", "r": "resolved", "x": "reassigned"}
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"

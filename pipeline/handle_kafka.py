@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from pipeline.config import Runtime
-from pipeline.errors import HandleError
+from pipeline.core.errors import HandleError
+from pipeline.core.models import ExceptionRecord, Resolution
 from pipeline.handle_cases import Case, encode, fold
-from pipeline.models import ExceptionRecord, Resolution
 from pipeline.topics import partitions_of
 
 log = logging.getLogger(__name__)

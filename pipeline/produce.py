@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer
 from rich.progress import Progress
 
 from pipeline.config import Config, Runtime
-from pipeline.errors import InvalidEvent
-from pipeline.ingest import parse_event
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.ingest import parse_event
 
 
 def topic_for(event_type: str, config: Config) -> str:

@@ -24,11 +24,11 @@ import orjson
 from aiokafka.partitioner import murmur2
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.clock import NEVER, PipelineClock
 from pipeline.config import Config
-from pipeline.engine import occurred
-from pipeline.models import ExceptionRecord
-from pipeline.processor import Output, Processor, Record
+from pipeline.core.clock import NEVER, PipelineClock
+from pipeline.core.engine import occurred
+from pipeline.core.models import ExceptionRecord
+from pipeline.core.processor import Output, Processor, Record
 from pipeline.produce import topic_for
 from pipeline.routers.dispatch import Dispatcher, Routed
 from pipeline.routers.step import decide, in_order

@@ -35,8 +35,8 @@ from rich.console import Console
 
 from pipeline.access import explain
 from pipeline.config import Runtime, load_config
-from pipeline.errors import ReportError
-from pipeline.models import ExceptionRecord
+from pipeline.core.errors import ReportError
+from pipeline.core.models import ExceptionRecord
 from pipeline.report_cases import Loaded, analyse
 from pipeline.report_output import print_report, render_html
 from pipeline.topics import partitions_of

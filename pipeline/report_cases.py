@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TypeAlias
 
+from pipeline.core.models import ExceptionRecord
 from pipeline.handle_cases import age_text
-from pipeline.models import ExceptionRecord
 
 _CATEGORY_TYPES = ("interaction.contact", "interaction.complaint")  # their `detail` is a category
 _BREACHED = re.compile(r"resolve_within of (\S+) \(")  # in an escalation's route.reason

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from faust.auth import Credentials

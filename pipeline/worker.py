@@ -1,4 +1,4 @@
-"""The live worker around the `Processor` (pipeline/processor.py): each batch of one partition's
+"""The live worker around the `Processor` (pipeline/core/processor.py): each batch of one partition's
 records, each clock tick and each resolution goes through it, and what it returns is applied in
 the order that makes at-least-once safe:
 
@@ -29,11 +29,11 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
-from pipeline.clock import NEVER
 from pipeline.config import Config
+from pipeline.core.clock import NEVER
+from pipeline.core.models import DeadLetter, Resolution
+from pipeline.core.processor import Consumed, Found, Output, Processor, Record
 from pipeline.metrics import Metrics
-from pipeline.models import DeadLetter, Resolution
-from pipeline.processor import Consumed, Found, Output, Processor, Record
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
 
@@ -63,7 +63,7 @@ class Worker:
     table: Table  # customer id -> stored state
     clocks_table: Table  # partition number (text) -> the partition's clock record
     # The inputs (interactions or orders topic) of a partition with records not read yet:
-    # they hold its clock (pipeline/clock.py). Set by build_app from the consumer's positions.
+    # they hold its clock (pipeline/core/clock.py). Set by build_app from the consumer's positions.
     unread: Callable[[int], Collection[str]] = lambda partition: ()
     processor: Processor = field(init=False)
     customers: int = 0  # keys in the customers table held here

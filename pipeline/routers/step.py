@@ -15,16 +15,16 @@ from typing import Any, Protocol
 
 import orjson
 
-from pipeline.clock import PipelineClock
 from pipeline.config import Config
+from pipeline.core.clock import PipelineClock
+from pipeline.core.models import DeadLetter
+from pipeline.core.state import kept_json
 from pipeline.detectors.base import epoch
 from pipeline.metrics import Metrics
-from pipeline.models import DeadLetter
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.routers.tree import redact
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
-from pipeline.state import kept_json
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import Config, load_config
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from rich.console import Console, RenderableType
 
 from pipeline import handle, handle_cases
 from pipeline.config import load_config
-from pipeline.errors import HandleError
+from pipeline.core.errors import HandleError
+from pipeline.core.models import ExceptionRecord
 from pipeline.handle import Desk
 from pipeline.handle_cases import Case, Command
-from pipeline.models import ExceptionRecord
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 A = "a1" + "0" * 30

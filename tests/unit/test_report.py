@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from pipeline import report, report_cases, report_output
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 from pipeline.report_cases import Loaded, analyse
 from tests.integration import scenario
 

@@ -15,7 +15,7 @@ from faust.types.auth import AuthProtocol, SASLMechanism
 
 from pipeline.access import check_access, explain
 from pipeline.config import Runtime
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.security import KafkaSecurity
 
 PASSWORD = "s3cret-Pa55word"

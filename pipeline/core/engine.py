@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.core.models import ExceptionRecord, SourcePosition
+from pipeline.core.rules import build
+from pipeline.core.state import CustomerState
 from pipeline.detectors.base import Finding, epoch
-from pipeline.models import ExceptionRecord, SourcePosition
-from pipeline.rules import build
-from pipeline.state import CustomerState
 
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
 

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.errors import InvalidEvent
-from pipeline.models import EVENT_MODELS, EVENT_TYPES, Event
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.models import EVENT_MODELS, EVENT_TYPES, Event
 
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 EXAMPLE_TIME = "2026-03-01T10:00:00Z"

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline.clock import NEVER, PartitionClock
 from pipeline.config import Config
+from pipeline.core.clock import NEVER, PartitionClock
+from pipeline.core.engine import DeadlineIndex, Engine, context_of, occurred, without_open
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.ingest import decode_event
+from pipeline.core.models import ExceptionRecord, SourcePosition
+from pipeline.core.state import CustomerState, kept_json
 from pipeline.detectors.base import Finding
-from pipeline.engine import DeadlineIndex, Engine, context_of, occurred, without_open
-from pipeline.errors import InvalidEvent
-from pipeline.ingest import decode_event
-from pipeline.models import ExceptionRecord, SourcePosition
-from pipeline.state import CustomerState, kept_json
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.durations import Duration
+from pipeline.core.models import Severity
 from pipeline.detectors.absence import AbsenceDetector
 from pipeline.detectors.match import MatchDetector
 from pipeline.detectors.matchers import NUMERIC, Matcher
 from pipeline.detectors.threshold import ThresholdDetector
-from pipeline.durations import Duration
-from pipeline.models import Severity
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=~|!~|!=|>=|<=|=|>|<|\s+in\s+)\s*(.*?)\s*$")
 Alternative: TypeAlias = str | list[str]

@@ -1,4 +1,4 @@
-"""JSON Schema for the contract, generated from `pipeline.models` (the single source)."""
+"""JSON Schema for the contract, generated from `pipeline.core.models` (the single source)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
-from pipeline.models import DeadLetter, Event, ExceptionRecord, Resolution
+from pipeline.core.models import DeadLetter, Event, ExceptionRecord, Resolution
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 _BASE = "https://casewatch.dev/schemas/v1/"
 
 
