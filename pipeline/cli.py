@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, get_args
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline import __version__, demo, handle, report
-from pipeline.access import check_access, check_reachable, explain, unreachable
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
 from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
-from pipeline.security import SOURCE
+from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
+from pipeline.runtime.security import SOURCE
 
 if TYPE_CHECKING:
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.metrics import Metrics
 
 # Exit codes (docs/operations.md, "Exit codes")
 EXIT_FAILURE = 1  # the environment: Kafka unreachable or refusing us, a port taken
@@ -196,7 +196,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from pipeline.topics import ensure
+    from pipeline.runtime.topics import ensure
 
     config = _config(args.config)
     bootstrap = Runtime.from_env().bootstrap_servers
@@ -209,16 +209,16 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from pipeline.versions import untested  # before the imports of what the worker patches
+    from pipeline.runtime.versions import untested  # before the imports of what the worker patches
 
     if why := untested():
         print(f"casewatch: {why}", file=sys.stderr)
         return 1
     from faust.worker import Worker
 
-    from pipeline.app import build_app
-    from pipeline.durable import local_state_guard
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.app import build_app
+    from pipeline.runtime.durable import local_state_guard
+    from pipeline.runtime.metrics import Metrics
 
     runtime = Runtime.from_env()
     config = _config(args.config, runtime)

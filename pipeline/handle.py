@@ -35,7 +35,6 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from pipeline.access import explain
 from pipeline.config import Config, Runtime, load_config
 from pipeline.core import models
 from pipeline.core.errors import HandleError
@@ -52,6 +51,7 @@ from pipeline.handle_cases import (
     table,
 )
 from pipeline.handle_kafka import collect, follow, publish, resolutions_producer
+from pipeline.runtime.access import explain
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"

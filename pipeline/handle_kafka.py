@@ -15,7 +15,7 @@ from pipeline.config import Runtime
 from pipeline.core.errors import HandleError
 from pipeline.core.models import ExceptionRecord, Resolution
 from pipeline.handle_cases import Case, encode, fold
-from pipeline.topics import partitions_of
+from pipeline.runtime.topics import partitions_of
 
 log = logging.getLogger(__name__)
 

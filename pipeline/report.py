@@ -33,13 +33,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.access import explain
 from pipeline.config import Runtime, load_config
 from pipeline.core.errors import ReportError
 from pipeline.core.models import ExceptionRecord
 from pipeline.report_cases import Loaded, analyse
 from pipeline.report_output import print_report, render_html
-from pipeline.topics import partitions_of
+from pipeline.runtime.access import explain
+from pipeline.runtime.topics import partitions_of
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 PLAIN_WIDTH = 200  # piped output

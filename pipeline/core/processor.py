@@ -6,7 +6,7 @@ and the wall time (None in replay: event time only) and returns an `Output`: the
 the records to re-key, the exception records for dispatch, each changed customer's new stored
 state, and counts for the metrics. It reads the customers' stored states through the `store`
 it was given and never writes them: the caller applies `Output.states` once the outputs are
-acknowledged (outputs -> state -> offsets, the at-least-once order; pipeline/worker.py). The
+acknowledged (outputs -> state -> offsets, the at-least-once order; pipeline/runtime/worker.py). The
 deadline index and the partitions' clocks live here, in memory, rebuilt by `recovered`.
 
 For each record, in order:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -20,11 +20,15 @@ from pipeline.core.clock import PipelineClock
 from pipeline.core.models import DeadLetter
 from pipeline.core.state import kept_json
 from pipeline.detectors.base import epoch
-from pipeline.metrics import Metrics
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.routers.tree import redact
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
+
+if TYPE_CHECKING:
+    # The runtime's Prometheus metrics, passed in by build_app: a type only, so that routers
+    # import nothing from pipeline.runtime (the layout's direction, runtime -> routers).
+    from pipeline.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `check_access()` signs in to the first bootstrap server that answers (TLS, then SASL), asks for
 metadata and hangs up; `explain()` turns an error a client raised later into one line naming
-the environment variable to fix. The settings themselves: pipeline/security.py.
+the environment variable to fix. The settings themselves: pipeline/runtime/security.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline.core.errors import KafkaAccessError, Unavailable
-from pipeline.security import TLS, KafkaSecurity
+from pipeline.runtime.security import TLS, KafkaSecurity
 
 REACH_SECONDS = 3.0  # a TCP connect to each bootstrap server, all at once
 CHECK_SECONDS = 15.0  # one sign-in: TCP, TLS and SASL round trips

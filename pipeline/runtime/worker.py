@@ -5,7 +5,7 @@ the order that makes at-least-once safe:
 1. the outputs (dead letters, re-keyed records, exception records for dispatch) are sent
    together and acknowledged by the brokers;
 2. then the changed customer states (and the partition's clock record) are written to their
-   tables, whose changelog records go out before any offset commit (pipeline/durable.py);
+   tables, whose changelog records go out before any offset commit (pipeline/runtime/durable.py);
 3. then the caller acknowledges the records' offsets, which a later commit moves past.
 
 A crash between two steps repeats outputs (same deterministic ids), it never loses them.
@@ -33,7 +33,7 @@ from pipeline.config import Config
 from pipeline.core.clock import NEVER
 from pipeline.core.models import DeadLetter, Resolution
 from pipeline.core.processor import Consumed, Found, Output, Processor, Record
-from pipeline.metrics import Metrics
+from pipeline.runtime.metrics import Metrics
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
 

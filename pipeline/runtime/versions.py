@@ -1,6 +1,6 @@
 """The releases of the libraries whose internals the worker patches, and the check at its start.
 
-pipeline/offsets.py and pipeline/durable.py replace private methods of faust-streaming, mode and
+pipeline/runtime/offsets.py and pipeline/runtime/durable.py replace private methods of faust-streaming, mode and
 aiokafka, and durable.py's `_drain_messages` is a copy of faust-streaming's: another release of any
 of them can undo a fix or break the worker without an error. So the worker runs only on the
 releases its tests ran on. pyproject.toml pins the same versions and the lock files in

@@ -10,13 +10,13 @@ import faust
 from faust.types import TP
 
 from pipeline.config import Config, Runtime
-from pipeline.durable import App, StateTable
-from pipeline.metrics import Metrics
-from pipeline.offsets import SafeConsumer, wait_ms
 from pipeline.routers.step import DispatchStep
+from pipeline.runtime.durable import App, StateTable
+from pipeline.runtime.metrics import Metrics
+from pipeline.runtime.offsets import SafeConsumer, wait_ms
+from pipeline.runtime.topics import TICK_RETENTION, internal_name
+from pipeline.runtime.worker import TICK, Worker
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
-from pipeline.topics import TICK_RETENTION, internal_name
-from pipeline.worker import TICK, Worker
 
 log = logging.getLogger(__name__)
 FETCH_BYTES = 512 * 1024  # per partition and fetch (aiokafka's max_partition_fetch_bytes)
@@ -33,7 +33,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     """A Faust app consuming the source topics as raw bytes (we validate, not Faust)."""
     p, t = config.pipeline, config.topics
     # DurableBuffer: an offset commit waits until every table change before it is in its
-    # changelog (Faust's own flush does not; see pipeline/durable.py).
+    # changelog (Faust's own flush does not; see pipeline/runtime/durable.py).
     app = App(
         p.app_id,
         broker=[f"kafka://{h.strip()}" for h in runtime.bootstrap_servers.split(",")],
@@ -66,7 +66,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     )
     app.fetch_min_bytes = p.fetch_min_bytes
     app.fetch_max_wait_ms = wait_ms(p.fetch_max_wait)
-    # Offsets the broker did not send: counted and logged (pipeline/offsets.py).
+    # Offsets the broker did not send: counted and logged (pipeline/runtime/offsets.py).
     app.on_offset_gap = lambda tp, first, last: metrics.offset_gaps.labels(tp.topic).inc()
     sources = app.topic(t.interactions, t.orders, partitions=p.partitions, **_RAW)
     rekey_name = internal_name(p.app_id, "rekey")
@@ -114,7 +114,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     )
 
     # The source and re-key topics are read in batches straight from the fetch loop, one
-    # partition's fetched records at a time, and acknowledged in bulk (pipeline/offsets.py):
+    # partition's fetched records at a time, and acknowledged in bulk (pipeline/runtime/offsets.py):
     # no agent, stream or per-message event (docs/architecture.md). Faust still subscribes
     # to them, assigns them, seeks and commits them.
     for topic in (sources, rekey):

@@ -37,7 +37,7 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from pipeline.config import PipelineSettings
-from pipeline.offsets import SafeConsumer, WatchedFlowControl, wait_ms
+from pipeline.runtime.offsets import SafeConsumer, WatchedFlowControl, wait_ms
 
 log = logging.getLogger(__name__)
 
@@ -237,15 +237,15 @@ class StateTable:
 
 class App(faust.App):
     """faust.App whose producer uses DurableBuffer for table changelogs, and whose consumer
-    never commits past an event no agent processed (pipeline/offsets.py)."""
+    never commits past an event no agent processed (pipeline/runtime/offsets.py)."""
 
-    # Called with (tp, first, last) for offsets the broker did not send (pipeline/offsets.py).
+    # Called with (tp, first, last) for offsets the broker did not send (pipeline/runtime/offsets.py).
     on_offset_gap: Callable[[Any, int, int], None] | None = None
     # Topics whose fetched records go to `on_batch`, a partition's batch at a time, not to
-    # agents (pipeline/offsets.py); set by build_app.
+    # agents (pipeline/runtime/offsets.py); set by build_app.
     batch_topics: frozenset[str] = frozenset()
     on_batch: Callable[[list[Any]], Awaitable[None]]
-    # The worker consumer's fetches (pipeline/offsets.py): the config's, set by build_app
+    # The worker consumer's fetches (pipeline/runtime/offsets.py): the config's, set by build_app
     fetch_min_bytes: int = PipelineSettings().fetch_min_bytes
     fetch_max_wait_ms: int = wait_ms(PipelineSettings().fetch_max_wait)
 

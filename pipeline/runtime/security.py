@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from aiokafka.helpers import create_ssl_context
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -150,6 +149,10 @@ class KafkaSecurity(BaseModel):
         CAs, and the client certificate when one is given."""
         if self.protocol not in TLS:
             return None
+        # Imported here: config.py reads these settings, and the core under it stays free of
+        # Kafka (tests/unit/test_layout.py).
+        from aiokafka.helpers import create_ssl_context
+
         try:
             context: ssl.SSLContext = create_ssl_context(cafile=self.ssl_cafile)
         except ssl.SSLError as exc:

@@ -69,7 +69,7 @@ def wait_ms(wait: timedelta) -> int:
 
 class FetchThread(AIOKafkaConsumerThread):
     """Faust's consumer thread, its consumer's fetches answered at the app's `fetch_min_bytes`
-    or after its `fetch_max_wait_ms` (our App, pipeline/durable.py)."""
+    or after its `fetch_max_wait_ms` (our App, pipeline/runtime/durable.py)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -170,10 +170,10 @@ class SafeConsumer(Consumer):
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
-        # Table writes held back (pipeline/durable.py, `StateTable`) go out before any commit.
+        # Table writes held back (pipeline/runtime/durable.py, `StateTable`) go out before any commit.
         # Without transactions the commit's flush sends them too; under exactly-once nothing
         # flushes before the transaction commits, and they must be in it.
-        await cast(Any, self.app).send_held_writes()  # our App (pipeline/durable.py)
+        await cast(Any, self.app).send_held_writes()  # our App (pipeline/runtime/durable.py)
         committed: bool = await super()._commit_offsets(
             offsets, start_new_transaction=start_new_transaction
         )
