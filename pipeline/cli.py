@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, get_args
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from pipeline import __version__, demo, handle, report
+from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
 from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
 from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
 from pipeline.runtime.security import SOURCE
+from pipeline.tools.demo import demo
+from pipeline.tools.handle import handle
+from pipeline.tools.report import report
 
 if TYPE_CHECKING:
     from pipeline.runtime.metrics import Metrics
@@ -281,7 +284,7 @@ def _routes_test(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pipeline.replay import run
+    from pipeline.tools.replay import run
 
     config = _config(args.config)
     if (args.json or args.fail_on_change) and not args.against:
@@ -316,8 +319,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace, config: Config, old: Config) -> int:
-    from pipeline.backtest import command
-    from pipeline.backtest_output import Names
+    from pipeline.tools.backtest.backtest import command
+    from pipeline.tools.backtest.output import Names
 
     new = str(args.config or Runtime.from_env().config_path or DEFAULT_CONFIG)
     names = Names(args.file, new, args.against)
@@ -325,7 +328,7 @@ def _backtest(args: argparse.Namespace, config: Config, old: Config) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from pipeline.produce import produce_file
+    from pipeline.tools.produce import produce_file
 
     config = _config(args.config)
     return asyncio.run(produce_file(args.file, config, Runtime.from_env().bootstrap_servers))

@@ -1,4 +1,5 @@
-"""Durations in config files: `90s`, `5m`, `4h`, `30d`, `1h30m`, or a number of seconds."""
+"""Durations in config files: `90s`, `5m`, `4h`, `30d`, `1h30m`, or a number of seconds; and
+ages as the tools show them (`age_text`: 45s, 12m, 5h07m, 3d04h)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,15 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration: TypeAlias = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def age_text(age: timedelta) -> str:
+    """How long ago, to the precision a handler needs: 45s, 12m, 5h07m, 3d04h."""
+    s = max(0, int(age.total_seconds()))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

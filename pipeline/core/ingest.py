@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from pipeline.config import Config
 from pipeline.core.errors import InvalidEvent
 from pipeline.core.models import EVENT_MODELS, EVENT_TYPES, Event
 
@@ -326,3 +327,8 @@ def _show(value: Any, limit: int = 60) -> str:
     if value is None:
         return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def topic_for(event_type: str, config: Config) -> str:
+    """Orders go to the orders topic; interactions and profiles to the interactions topic."""
+    return config.topics.orders if event_type.startswith("order.") else config.topics.interactions

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 # `casewatch report` through the parser add_parser registers, as cli.py does.
 ENTRY = (
-    "import argparse, sys; from pipeline import report; "
+    "import argparse, sys; from pipeline.tools.report import report; "
     "p = argparse.ArgumentParser(prog='casewatch'); report.add_parser(p.add_subparsers()); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )

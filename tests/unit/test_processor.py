@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from pipeline.config import load_config
 from pipeline.core.processor import Record
 from pipeline.core.state import CustomerState
-from pipeline.replay import Replay
 from pipeline.runtime.metrics import Metrics
 from pipeline.runtime.worker import Worker
 from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.sinks.memory import MemorySink
+from pipeline.tools.replay import Replay
 
 BASE = load_config()
 # One partition: every customer's deadlines run on the same clock.

@@ -170,7 +170,7 @@ def test_the_maintenance_contractor_does_not_see_the_tenants_name() -> None:
 
     import orjson
 
-    from pipeline.replay import Replay
+    from pipeline.tools.replay import Replay
 
     lines = [
         orjson.dumps(

@@ -241,7 +241,7 @@ def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
     from datetime import UTC, datetime, timedelta
 
     from pipeline.config import load_config
-    from pipeline.replay import Replay
+    from pipeline.tools.replay import Replay
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     replay = Replay(load_config(), errors=io.StringIO())

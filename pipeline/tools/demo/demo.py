@@ -10,7 +10,7 @@ each handler's queue against its capacity, and the dead letters, with the worker
 addresses, and the commands that follow a handler's queue and report on the run. Ctrl-C,
 SIGTERM, SIGHUP (its terminal closed) or `--duration` stop everything it started, and nothing
 else (a broker that was already running keeps running); a worker that exits stops the demo,
-with the reason on screen (exit 1). pipeline/demo_procs.py holds what starts and stops.
+with the reason on screen (exit 1). pipeline/tools/demo/procs.py holds what starts and stops.
 
 The demo's config is the shipped one with small capacities and short deadlines (seconds, not
 hours) so that everything happens within a minute; each run has its own topics and group,
@@ -39,7 +39,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config
-from pipeline.demo_procs import (
+from pipeline.tools.demo.procs import (
     DemoError,
     Processes,
     cache_dir,
@@ -50,8 +50,8 @@ from pipeline.demo_procs import (
     say,
     stopping_on,
 )
-from pipeline.demo_traffic import Traffic
-from pipeline.demo_view import show, show_line, summary
+from pipeline.tools.demo.traffic import Traffic
+from pipeline.tools.demo.view import show, show_line, summary
 
 # Seconds instead of hours: (capacity, resolve_within) per handler.
 DEMO_HANDLERS = {

@@ -36,10 +36,10 @@ from rich.console import Console
 from pipeline.config import Runtime, load_config
 from pipeline.core.errors import ReportError
 from pipeline.core.models import ExceptionRecord
-from pipeline.report_cases import Loaded, analyse
-from pipeline.report_output import print_report, render_html
 from pipeline.runtime.access import explain
 from pipeline.runtime.topics import partitions_of
+from pipeline.tools.report.cases import Loaded, analyse
+from pipeline.tools.report.output import print_report, render_html
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 PLAIN_WIDTH = 200  # piped output

@@ -1,5 +1,5 @@
 """What `casewatch replay --against` shows: a config change's effect as tables (rich, as
-`casewatch report` prints them). The comparison: pipeline/backtest_cases.py."""
+`casewatch report` prints them). The comparison: pipeline/tools/backtest/cases.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.backtest_cases import (
+from pipeline.tools.backtest.cases import (
     APPEAR,
     DISAPPEAR,
     ESCALATION,

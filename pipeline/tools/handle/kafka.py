@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from pipeline.config import Runtime
 from pipeline.core.errors import HandleError
 from pipeline.core.models import ExceptionRecord, Resolution
-from pipeline.handle_cases import Case, encode, fold
 from pipeline.runtime.topics import partitions_of
+from pipeline.tools.handle.cases import Case, encode, fold
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 PREFERRED_METRICS_PORT = 9464  # what deploy/prometheus scrapes; any free port when taken

@@ -1,7 +1,7 @@
 """`casewatch replay EVENTS --config NEW --against OLD`: what a config change does, before it ships.
 
 The same events are replayed under both configs (`Replay`, the live pipeline's logic), and the
-exceptions found are compared (pipeline/backtest_cases.py says when two are the same): which
+exceptions found are compared (pipeline/tools/backtest/cases.py says when two are the same): which
 appear, which disappear, and which go to another handler, get another severity, end in another
 status or escalate differently; per rule and per handler, with a few examples of each.
 
@@ -21,9 +21,9 @@ from typing import IO
 import orjson
 from rich.console import Console
 
-from pipeline.backtest_cases import Diff, compare, replay, rule_changes
-from pipeline.backtest_output import Names, headline, print_diff
 from pipeline.config import Config
+from pipeline.tools.backtest.cases import Diff, compare, replay, rule_changes
+from pipeline.tools.backtest.output import Names, headline, print_diff
 
 EXIT_INVALID, EXIT_CHANGED = 1, 3
 PLAIN_WIDTH = 200  # piped output

@@ -14,12 +14,7 @@ from rich.progress import Progress
 
 from pipeline.config import Config, Runtime
 from pipeline.core.errors import InvalidEvent
-from pipeline.core.ingest import parse_event
-
-
-def topic_for(event_type: str, config: Config) -> str:
-    """Orders go to the orders topic; interactions and profiles to the interactions topic."""
-    return config.topics.orders if event_type.startswith("order.") else config.topics.interactions
+from pipeline.core.ingest import parse_event, topic_for
 
 
 def _read_lines(path: str) -> list[bytes]:

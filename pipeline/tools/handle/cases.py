@@ -1,7 +1,7 @@
 """The handler app's view of its topic (pure): exception records folded into cases, the table
 of them newest first, and the commands a handler types (`a N`, `r N [note]`, `x N [note]`)
-turned into a `Resolution`. Reading and publishing: pipeline/handle_kafka.py; the live view
-and the command: pipeline/handle.py."""
+turned into a `Resolution`. Reading and publishing: pipeline/tools/handle/kafka.py; the live view
+and the command: pipeline/tools/handle/handle.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.core.durations import age_text
 from pipeline.core.errors import HandleError
 from pipeline.core.models import ExceptionRecord, Resolution, ResolutionStatus
 
@@ -129,18 +130,6 @@ def _cells(case: Case, now: datetime, within: timedelta | None, handler: str | N
         Text(r.route.reason if r.route else "-"),
         Text(glance(r)),
     ]
-
-
-def age_text(age: timedelta) -> str:
-    """How long ago, to the precision a handler needs: 45s, 12m, 5h07m, 3d04h."""
-    s = max(0, int(age.total_seconds()))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def customer(record: ExceptionRecord) -> str:

@@ -1,7 +1,7 @@
 """The analysis behind `casewatch report` (pure): exception records de-duplicated and folded
 into cases, ranked by what recurs (rule, asset, category, customer), reopens, and resolution
-times and SLA misses by handler. Input and the command: pipeline/report.py; tables, text and
-HTML: pipeline/report_output.py."""
+times and SLA misses by handler. Input and the command: pipeline/tools/report/report.py; tables, text and
+HTML: pipeline/tools/report/output.py."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TypeAlias
 
+from pipeline.core.durations import age_text
 from pipeline.core.models import ExceptionRecord
-from pipeline.handle_cases import age_text
 
 _CATEGORY_TYPES = ("interaction.contact", "interaction.complaint")  # their `detail` is a category
 _BREACHED = re.compile(r"resolve_within of (\S+) \(")  # in an escalation's route.reason

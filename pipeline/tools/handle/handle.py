@@ -39,7 +39,8 @@ from pipeline.config import Config, Runtime, load_config
 from pipeline.core import models
 from pipeline.core.errors import HandleError
 from pipeline.core.models import ExceptionRecord, ResolutionStatus
-from pipeline.handle_cases import (
+from pipeline.runtime.access import explain
+from pipeline.tools.handle.cases import (
     Case,
     customer,
     encode,
@@ -50,8 +51,7 @@ from pipeline.handle_cases import (
     resolution,
     table,
 )
-from pipeline.handle_kafka import collect, follow, publish, resolutions_producer
-from pipeline.runtime.access import explain
+from pipeline.tools.handle.kafka import collect, follow, publish, resolutions_producer
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 USAGE = "type a N (acknowledge), r N [note] (resolve), x N [note] (reassign) or q (quit)"

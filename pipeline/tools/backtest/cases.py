@@ -1,6 +1,6 @@
 """What a config change does to the exceptions found in the same events: the exceptions of a
 replay under each config, compared one by one (`casewatch replay --against`, the command in
-pipeline/backtest.py). Which appear, which disappear, and which go to another handler, get
+pipeline/tools/backtest/backtest.py). Which appear, which disappear, and which go to another handler, get
 another severity, end in another status or escalate differently.
 
 The unit is an exception (every record with its `exception_id`), not a record. Its id is derived
@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from pipeline.config import Config
 from pipeline.core.models import ExceptionRecord
-from pipeline.replay import Replay, Summary
+from pipeline.tools.replay import Replay, Summary
 
 # Kinds of change, in the order they are shown
 APPEAR, DISAPPEAR, HANDLER, SEVERITY, STATUS, TIME, ESCALATION = (

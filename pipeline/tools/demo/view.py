@@ -23,7 +23,7 @@ from pipeline.config import Config
 
 
 class Shown(Protocol):
-    """The parts of a running demo (`pipeline.demo.Demo`) the view reads."""
+    """The parts of a running demo (`pipeline.tools.demo.demo.Demo`) the view reads."""
 
     bootstrap: str
     ports: list[int]

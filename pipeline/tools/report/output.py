@@ -1,6 +1,6 @@
 """What `casewatch report` shows: its sections as tables (rich, for the terminal or a pipe)
 and as a self-contained HTML page (inline CSS and SVG bars, no scripts, every value taken from
-records escaped). The analysis: pipeline/report_cases.py."""
+records escaped). The analysis: pipeline/tools/report/cases.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.report_cases import Bar, Ranked, Report
+from pipeline.tools.report.cases import Bar, Ranked, Report
 
 HANDLER_COLUMNS = [
     "handler",

@@ -27,9 +27,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from pipeline.config import Config
 from pipeline.core.clock import NEVER, PipelineClock
 from pipeline.core.engine import occurred
+from pipeline.core.ingest import topic_for
 from pipeline.core.models import ExceptionRecord
 from pipeline.core.processor import Output, Processor, Record
-from pipeline.produce import topic_for
 from pipeline.routers.dispatch import Dispatcher, Routed
 from pipeline.routers.step import decide, in_order
 from pipeline.routers.tree import redact
