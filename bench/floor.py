@@ -19,8 +19,8 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
 - `batch-noop`: no agent: each partition's fetched records handed as one list from the fetch
-  loop to `App.on_batch` and acknowledged together (pipeline/runtime/offsets.py), as the worker reads
-  its source topics; doing nothing with them;
+  loop to `App.on_batch` and acknowledged together (pipeline/runtime/offsets.py), as the worker
+  reads its source topics; doing nothing with them;
 - `batch-table`: the same, `parse_event` and one `StateTable` write per event (`fast-table`'s
   work without the per-message agent path);
 - `worker`: `python -m pipeline worker` itself (every default rule, routing, context, metrics),
@@ -83,7 +83,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    # stock-noop: Faust's own App and consumer, to tell their cost from pipeline/runtime/offsets.py's
+    # stock-noop: Faust's own App and consumer, to tell their cost from
+    # pipeline/runtime/offsets.py's
     app = (faust.App if variant.startswith("stock") else App)(
         f"{prefix}-{variant}-{uuid.uuid4().hex[:6]}",  # a fresh group each run
         broker=f"kafka://{bootstrap}",
@@ -138,7 +139,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
                 parse_event(msg.value)
             if variant == "faust-table":
                 table[msg.key] = STATE
-            elif direct is not None:  # fast-table, as the worker writes (pipeline/runtime/durable.py)
+            elif direct is not None:  # fast-table, as the worker writes (runtime/durable.py)
                 await direct.put(msg.key, STATE, msg.partition)
             count(1)
 

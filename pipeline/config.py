@@ -239,7 +239,8 @@ class Runtime(BaseModel):
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no metrics server
     state_dir: str = "./casewatch-data"
     # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster after a
-    # clean stop; after an unclean one its tables are deleted and rebuilt (pipeline/runtime/durable.py).
+    # clean stop; after an unclean one its tables are deleted and rebuilt
+    # (pipeline/runtime/durable.py).
     store: str = "memory://"
     # exactly_once: Faust's Kafka transactions (docs/reliability.md says what the chaos harness
     # found); at_least_once: duplicates are possible and removable by exception_id + status.
@@ -248,8 +249,8 @@ class Runtime(BaseModel):
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Runtime:
-        """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables (pipeline/runtime/security.py)
-        and the `CASEWATCH_*` variables."""
+        """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables
+        (pipeline/runtime/security.py) and the `CASEWATCH_*` variables."""
         e = os.environ if env is None else env
         fields: dict[str, Any] = {f: e.get(var) for f, (var, _) in ENV.items()}
         fields["security"] = KafkaSecurity.from_env(e)

@@ -1,8 +1,8 @@
 """The engine: every rule of the config run over one customer's state, on a clock passed in.
 
-The live worker (`pipeline/runtime/worker.py`) and the offline replay (`pipeline/tools/replay.py`) both call
-`Engine.observe` for each event and `Engine.fire` when a customer's deadline is due, so live and
-replay run the same code on the same state and cannot disagree. No I/O, no clock reads.
+The live worker (`pipeline/runtime/worker.py`) and the offline replay (`pipeline/tools/replay.py`)
+both call `Engine.observe` for each event and `Engine.fire` when a customer's deadline is due, so
+live and replay run the same code on the same state and cannot disagree. No I/O, no clock reads.
 """
 
 from __future__ import annotations

@@ -239,7 +239,8 @@ class App(faust.App):
     """faust.App whose producer uses DurableBuffer for table changelogs, and whose consumer
     never commits past an event no agent processed (pipeline/runtime/offsets.py)."""
 
-    # Called with (tp, first, last) for offsets the broker did not send (pipeline/runtime/offsets.py).
+    # Called with (tp, first, last) for offsets the broker did not send
+    # (pipeline/runtime/offsets.py).
     on_offset_gap: Callable[[Any, int, int], None] | None = None
     # Topics whose fetched records go to `on_batch`, a partition's batch at a time, not to
     # agents (pipeline/runtime/offsets.py); set by build_app.

@@ -170,8 +170,8 @@ class SafeConsumer(Consumer):
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
-        # Table writes held back (pipeline/runtime/durable.py, `StateTable`) go out before any commit.
-        # Without transactions the commit's flush sends them too; under exactly-once nothing
+        # Table writes held back (pipeline/runtime/durable.py, `StateTable`) go out before any
+        # commit. Without transactions the commit's flush sends them too; under exactly-once nothing
         # flushes before the transaction commits, and they must be in it.
         await cast(Any, self.app).send_held_writes()  # our App (pipeline/runtime/durable.py)
         committed: bool = await super()._commit_offsets(

@@ -1,10 +1,11 @@
 """The releases of the libraries whose internals the worker patches, and the check at its start.
 
-pipeline/runtime/offsets.py and pipeline/runtime/durable.py replace private methods of faust-streaming, mode and
-aiokafka, and durable.py's `_drain_messages` is a copy of faust-streaming's: another release of any
-of them can undo a fix or break the worker without an error. So the worker runs only on the
-releases its tests ran on. pyproject.toml pins the same versions and the lock files in
-requirements/ hold them; tests/unit/test_versions.py fails until all three agree.
+pipeline/runtime/offsets.py and pipeline/runtime/durable.py replace private methods of
+faust-streaming, mode and aiokafka, and durable.py's `_drain_messages` is a copy of
+faust-streaming's: another release of any of them can undo a fix or break the worker without an
+error. So the worker runs only on the releases its tests ran on. pyproject.toml pins the same
+versions and the lock files in requirements/ hold them; tests/unit/test_versions.py fails until all
+three agree.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The live worker around the `Processor` (pipeline/core/processor.py): each batch of one partition's
-records, each clock tick and each resolution goes through it, and what it returns is applied in
-the order that makes at-least-once safe:
+"""The live worker around the `Processor` (pipeline/core/processor.py): each batch of one
+partition's records, each clock tick and each resolution goes through it, and what it returns is
+applied in the order that makes at-least-once safe:
 
 1. the outputs (dead letters, re-keyed records, exception records for dispatch) are sent
    together and acknowledged by the brokers;

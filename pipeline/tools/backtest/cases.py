@@ -1,7 +1,7 @@
 """What a config change does to the exceptions found in the same events: the exceptions of a
 replay under each config, compared one by one (`casewatch replay --against`, the command in
-pipeline/tools/backtest/backtest.py). Which appear, which disappear, and which go to another handler, get
-another severity, end in another status or escalate differently.
+pipeline/tools/backtest/backtest.py). Which appear, which disappear, and which go to another
+handler, get another severity, end in another status or escalate differently.
 
 The unit is an exception (every record with its `exception_id`), not a record. Its id is derived
 from rule, customer, subject and trigger (pipeline/detectors/base.py), and the trigger (a

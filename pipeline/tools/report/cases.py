@@ -1,7 +1,7 @@
 """The analysis behind `casewatch report` (pure): exception records de-duplicated and folded
 into cases, ranked by what recurs (rule, asset, category, customer), reopens, and resolution
-times and SLA misses by handler. Input and the command: pipeline/tools/report/report.py; tables, text and
-HTML: pipeline/tools/report/output.py."""
+times and SLA misses by handler. Input and the command: pipeline/tools/report/report.py; tables,
+text and HTML: pipeline/tools/report/output.py."""
 
 from __future__ import annotations
 
