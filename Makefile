@@ -13,10 +13,11 @@ TEST_KAFKA_PORT ?=
 # Every install (setup, CI, `make bench`, the Dockerfile) takes the lock files in requirements/,
 # every package at an exact version, then the project with --no-deps: nothing is resolved at
 # install time, so a new release of anything (of faust-streaming, mode and aiokafka above all,
-# whose internals pipeline/ patches: pipeline/versions.py) comes in only through `make lock`.
-# runtime.txt is the image's, dev.txt setup's and CI's, bench.txt the benchmark's: all three
-# from one resolution, so a package has one version in all of them. A package installed or removed
-# by hand (site-packages changes) also makes the next `make setup` install the lock again.
+# whose internals pipeline/ patches: pipeline/runtime/versions.py) comes in only through
+# `make lock`. runtime.txt is the image's, dev.txt setup's and CI's, bench.txt the benchmark's:
+# all three from one resolution, so a package has one version in all of them. A package installed
+# or removed by hand (site-packages changes) also makes the next `make setup` install the lock
+# again.
 $(BIN)/casewatch: pyproject.toml requirements/dev.txt $(wildcard $(VENV)/lib/*/site-packages)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -30,7 +31,7 @@ setup: $(BIN)/casewatch
 # `make lock` re-resolves pyproject.toml into requirements/ with uv (from the dev extra), keeping
 # each pin that still satisfies pyproject.toml; `make lock UPGRADE=1` takes the newest releases.
 # The next `make setup` installs the result. To move faust-streaming, mode-streaming or aiokafka:
-# change pyproject.toml and pipeline/versions.py, `make lock`, then `make test-upstream`.
+# change pyproject.toml and pipeline/runtime/versions.py, `make lock`, then `make test-upstream`.
 LOCK = $(BIN)/uv pip compile -q --universal --python-version 3.11 --annotation-style line \
 	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) pyproject.toml
 lock: $(BIN)/uv

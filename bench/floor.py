@@ -9,18 +9,18 @@ process and consumer group, Faust apps that do less and less of Casewatch's work
 - `ceiling`: bench/run.py's plain aiokafka loop (consume, `parse_event`, one record out);
 - `stock-noop`: the same as `faust-noop` below, with Faust's own App and consumer;
 - `faust-noop`: one agent over the two source topics (raw bytes, the worker's settings and its
-  consumer, pipeline/durable.py), iterating `stream.events()` and doing nothing;
+  consumer, pipeline/runtime/durable.py), iterating `stream.events()` and doing nothing;
 - `faust-parse`: the same, validating each value with `parse_event`;
 - `faust-table`: + one write per event of a ~900-byte value to a changelog-backed table, through
   Faust's `Table.__setitem__` (as the worker wrote a customer's state before `StateTable`);
-- `fast-table`: the same write through `pipeline.durable.StateTable`, as the worker writes a
+- `fast-table`: the same write through `pipeline.runtime.durable.StateTable`, as the worker writes a
   customer's state: to the table's store, its changelog record to the producer directly, held
   and sent with others;
 - `take-noop`: `stream.take_events(500, within=0.01)`, doing nothing with the batch;
 - `take-table`: batches, `parse_event` each, one table write per customer per batch;
 - `batch-noop`: no agent: each partition's fetched records handed as one list from the fetch
-  loop to `App.on_batch` and acknowledged together (pipeline/offsets.py), as the worker reads
-  its source topics; doing nothing with them;
+  loop to `App.on_batch` and acknowledged together (pipeline/runtime/offsets.py), as the worker
+  reads its source topics; doing nothing with them;
 - `batch-table`: the same, `parse_event` and one `StateTable` write per event (`fast-table`'s
   work without the per-message agent path);
 - `worker`: `python -m pipeline worker` itself (every default rule, routing, context, metrics),
@@ -74,8 +74,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         return
     import faust
 
-    from pipeline.durable import App, StateTable
-    from pipeline.ingest import parse_event
+    from pipeline.core.ingest import parse_event
+    from pipeline.runtime.durable import App, StateTable
 
     raw: dict[str, Any] = {
         "key_type": bytes,
@@ -83,7 +83,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    # stock-noop: Faust's own App and consumer, to tell their cost from pipeline/offsets.py's
+    # stock-noop: Faust's own App and consumer, to tell their cost from
+    # pipeline/runtime/offsets.py's
     app = (faust.App if variant.startswith("stock") else App)(
         f"{prefix}-{variant}-{uuid.uuid4().hex[:6]}",  # a fresh group each run
         broker=f"kafka://{bootstrap}",
@@ -138,7 +139,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
                 parse_event(msg.value)
             if variant == "faust-table":
                 table[msg.key] = STATE
-            elif direct is not None:  # fast-table, as the worker writes (pipeline/durable.py)
+            elif direct is not None:  # fast-table, as the worker writes (runtime/durable.py)
                 await direct.put(msg.key, STATE, msg.partition)
             count(1)
 

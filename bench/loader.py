@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.workload import Msg
-from pipeline.ingest import parse_event
-from pipeline.replay import partition_for
+from pipeline.core.ingest import parse_event
+from pipeline.tools.replay import partition_for
 
 BATCH_BYTES = 512 * 1024
 

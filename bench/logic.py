@@ -1,5 +1,5 @@
 """CPU per event of Casewatch's own logic, without Kafka or Faust: the benchmark's workload
-replayed offline (`pipeline.replay.Replay`: validation, dedupe, every default rule, context,
+replayed offline (`pipeline.tools.replay.Replay`: validation, dedupe, every default rule, context,
 routing, each state decoded and encoded as the table holds it).
 
     .venv/bin/python bench/logic.py                 # 7 model days, 2,000 customers: ~10 s
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import workload
 from pipeline.config import load_config
-from pipeline.replay import Replay
+from pipeline.tools.replay import Replay
 
 START = 1_790_000_000.0  # a fixed start: the same events, ids and records in every run
 

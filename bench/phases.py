@@ -26,7 +26,7 @@ from bench.procs import (
     wait_for,
 )
 from bench.workload import Msg
-from pipeline import state
+from pipeline.core import state
 
 LATENCY = "casewatch_processing_latency_seconds"
 POLL = 0.5  # seconds between two reads of the workers' counters while they drain
@@ -235,7 +235,7 @@ class State:
     changelog_records: int
     changelog_bytes: int
     # mean bytes of each part of the state (seen ids, rules, recent, ...) in its JSON before
-    # compression (pipeline/state.py), so they add up to more than the stored mean
+    # compression (pipeline/core/state.py), so they add up to more than the stored mean
     parts: dict[str, int]
 
 

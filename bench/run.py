@@ -12,7 +12,7 @@ Every run has its own topics and group ids (`bench<time><hex>.*`), deleted at th
 Phases (docs/performance.md says what each figure means):
  1. a realistic workload (bench/workload.py), bulk-published keyed by customer;
  2. the ceiling: a plain aiokafka loop that consumes it, validates each value with
-    `pipeline.ingest.parse_event`, and produces one small record per event;
+    `pipeline.core.ingest.parse_event`, and produces one small record per event;
  3. one worker (`python -m pipeline worker`, every default rule, routing, context and metrics)
     drains the same backlog: sustained events/s;
  4. paced loads into the live worker at 30/50/70/90% of that peak: processing latency from

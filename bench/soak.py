@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import loader, phases, workload
 from bench.procs import BenchError, Worker, create_topics, stop, up, write_config
-from pipeline.durations import parse_duration
-from pipeline.rules import FORGET_AFTER
+from pipeline.core.durations import parse_duration
+from pipeline.core.rules import FORGET_AFTER
 
 COMPRESSION = 86400 / 30  # the paced load's model day in 30 s
 DURATIONS = {

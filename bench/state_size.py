@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import workload
 from pipeline.config import Config, load_config
-from pipeline.replay import Replay
-from pipeline.state import plain
+from pipeline.core.state import plain
+from pipeline.tools.replay import Replay
 from tests.integration import scenario
 
 

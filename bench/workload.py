@@ -332,7 +332,7 @@ def _check(argv: list[str] | None = None) -> None:
     from collections import Counter
 
     from pipeline.config import load_config
-    from pipeline.replay import Replay
+    from pipeline.tools.replay import Replay
 
     p = argparse.ArgumentParser(description=_check.__doc__)
     p.add_argument("--customers", type=int, default=100_000)

@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING, get_args
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from pipeline import __version__, demo, handle, report
-from pipeline.access import check_access, check_reachable, explain, unreachable
+from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
-from pipeline.errors import ConfigError, KafkaAccessError, Unavailable
-from pipeline.security import SOURCE
+from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
+from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
+from pipeline.runtime.security import SOURCE
+from pipeline.tools.demo import demo
+from pipeline.tools.handle import handle
+from pipeline.tools.report import report
 
 if TYPE_CHECKING:
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.metrics import Metrics
 
 # Exit codes (docs/operations.md, "Exit codes")
 EXIT_FAILURE = 1  # the environment: Kafka unreachable or refusing us, a port taken
@@ -176,7 +179,7 @@ def _config(path: str | None, runtime: Runtime | None = None) -> Config:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pipeline import schemas
+    from pipeline.core import schemas
 
     paths = schemas.write(Path(args.out)) if args.out else schemas.write()
     for path in paths:
@@ -196,7 +199,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from pipeline.topics import ensure
+    from pipeline.runtime.topics import ensure
 
     config = _config(args.config)
     bootstrap = Runtime.from_env().bootstrap_servers
@@ -209,16 +212,16 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from pipeline.versions import untested  # before the imports of what the worker patches
+    from pipeline.runtime.versions import untested  # before the imports of what the worker patches
 
     if why := untested():
         print(f"casewatch: {why}", file=sys.stderr)
         return 1
     from faust.worker import Worker
 
-    from pipeline.app import build_app
-    from pipeline.durable import local_state_guard
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.app import build_app
+    from pipeline.runtime.durable import local_state_guard
+    from pipeline.runtime.metrics import Metrics
 
     runtime = Runtime.from_env()
     config = _config(args.config, runtime)
@@ -254,7 +257,7 @@ def _serve(metrics: Metrics, port: int) -> None:
 
 
 def _routes_test(args: argparse.Namespace) -> int:
-    from pipeline.models import DetectorKind, ExceptionStatus, Severity
+    from pipeline.core.models import DetectorKind, ExceptionStatus, Severity
     from pipeline.routers.tree import check_assignments, parse_assignments
 
     config = _config(args.config)
@@ -281,7 +284,7 @@ def _routes_test(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pipeline.replay import run
+    from pipeline.tools.replay import run
 
     config = _config(args.config)
     if (args.json or args.fail_on_change) and not args.against:
@@ -316,8 +319,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace, config: Config, old: Config) -> int:
-    from pipeline.backtest import command
-    from pipeline.backtest_output import Names
+    from pipeline.tools.backtest.backtest import command
+    from pipeline.tools.backtest.output import Names
 
     new = str(args.config or Runtime.from_env().config_path or DEFAULT_CONFIG)
     names = Names(args.file, new, args.against)
@@ -325,7 +328,7 @@ def _backtest(args: argparse.Namespace, config: Config, old: Config) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from pipeline.produce import produce_file
+    from pipeline.tools.produce import produce_file
 
     config = _config(args.config)
     return asyncio.run(produce_file(args.file, config, Runtime.from_env().bootstrap_servers))

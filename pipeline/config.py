@@ -23,12 +23,12 @@ from pydantic import (
     field_validator,
 )
 
-from pipeline.durations import Duration, parse_duration
-from pipeline.errors import ConfigError
+from pipeline.core.durations import Duration, parse_duration
+from pipeline.core.errors import ConfigError
+from pipeline.core.rules import Rule
 from pipeline.problems import describe
 from pipeline.routers.tree import Handler, Route, RouteNode, compile_tree, reachable_below_root
-from pipeline.rules import Rule
-from pipeline.security import SOURCE, KafkaSecurity
+from pipeline.runtime.security import SOURCE, KafkaSecurity
 
 __all__ = ["Config", "Duration", "Runtime", "load_config", "parse_duration", "review"]
 
@@ -51,7 +51,7 @@ class PipelineSettings(_Section):
     dedupe_window: Duration = timedelta(days=7)
     dedupe_max_ids: int = Field(default=256, ge=1, le=100_000)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
-    # Customer states stored compressed (pipeline/state.py): 2.3x smaller at equilibrium for
+    # Customer states stored compressed (pipeline/core/state.py): 2.3x smaller at equilibrium for
     # about a tenth of a worker's CPU (docs/performance.md). Either way, both are read.
     compress_state: bool = True
     # The worker's fetches (aiokafka's fetch_min_bytes, fetch_max_wait_ms): the broker answers
@@ -239,7 +239,8 @@ class Runtime(BaseModel):
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no metrics server
     state_dir: str = "./casewatch-data"
     # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster after a
-    # clean stop; after an unclean one its tables are deleted and rebuilt (pipeline/durable.py).
+    # clean stop; after an unclean one its tables are deleted and rebuilt
+    # (pipeline/runtime/durable.py).
     store: str = "memory://"
     # exactly_once: Faust's Kafka transactions (docs/reliability.md says what the chaos harness
     # found); at_least_once: duplicates are possible and removable by exception_id + status.
@@ -248,8 +249,8 @@ class Runtime(BaseModel):
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Runtime:
-        """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables (pipeline/security.py)
-        and the `CASEWATCH_*` variables."""
+        """Read `KAFKA_BOOTSTRAP_SERVERS`, the Kafka security variables
+        (pipeline/runtime/security.py) and the `CASEWATCH_*` variables."""
         e = os.environ if env is None else env
         fields: dict[str, Any] = {f: e.get(var) for f, (var, _) in ENV.items()}
         fields["security"] = KafkaSecurity.from_env(e)

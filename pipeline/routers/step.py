@@ -11,20 +11,24 @@ import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from pipeline.clock import PipelineClock
 from pipeline.config import Config
+from pipeline.core.clock import PipelineClock
+from pipeline.core.models import DeadLetter
+from pipeline.core.state import kept_json
 from pipeline.detectors.base import epoch
-from pipeline.metrics import Metrics
-from pipeline.models import DeadLetter
 from pipeline.routers.dispatch import Dispatcher, Routed, stamp
 from pipeline.routers.tree import redact
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
-from pipeline.state import kept_json
+
+if TYPE_CHECKING:
+    # The runtime's Prometheus metrics, passed in by build_app: a type only, so that routers
+    # import nothing from pipeline.runtime (the layout's direction, runtime -> routers).
+    from pipeline.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.durations import Duration
 from pipeline.detectors.matchers import Matcher, matches_any
-from pipeline.durations import Duration
 
 ROUTE_FIELDS = (
     "rule",
@@ -93,7 +93,7 @@ class Route:
 
 def compile_tree(root: RouteNode, handlers: Mapping[str, Handler]) -> tuple[Route, list[str]]:
     """The compiled tree and every problem found, each as 'path: what to do'."""
-    from pipeline.rules import parse_condition
+    from pipeline.core.rules import parse_condition
 
     problems: list[str] = []
     known = ", ".join(sorted(handlers)) or "none"

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import RetryableSinkError
-from pipeline.models import DeadLetter
+from pipeline.core.errors import RetryableSinkError
+from pipeline.core.models import DeadLetter
 from pipeline.sinks.base import Out
 
 log = logging.getLogger(__name__)

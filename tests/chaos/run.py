@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import DEFAULT_CONFIG  # noqa: E402
-from pipeline.replay import partition_for  # noqa: E402
+from pipeline.tools.replay import partition_for  # noqa: E402
 from tests.integration.workers import lag, lagging  # noqa: E402
 from tests.ports import free_base  # noqa: E402
 

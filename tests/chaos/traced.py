@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from faust.sensors.base import SensorDelegate  # noqa: E402
 
-from pipeline import offsets, worker  # noqa: E402
-from pipeline.durable import App  # noqa: E402
 from pipeline.routers import step  # noqa: E402
+from pipeline.runtime import offsets, worker  # noqa: E402
+from pipeline.runtime.durable import App  # noqa: E402
 from pipeline.sinks.kafka import TopicSink  # noqa: E402
 
 _out = (Path(os.environ["CASEWATCH_TRACE_DIR"]) / f"trace-{os.getpid()}.jsonl").open(

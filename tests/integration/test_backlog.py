@@ -1,6 +1,6 @@
 """A worker restarted with a backlog on its orders partition does not page anyone for orders
 whose delivery is in that backlog: an input with records not read yet holds the clock, however
-long it delivers nothing (pipeline/clock.py)."""
+long it delivers nothing (pipeline/core/clock.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo_procs import LOCAL_KAFKA, cache_dir
+from pipeline.tools.demo.procs import LOCAL_KAFKA, cache_dir
 from tests.integration.workers import wait_for
 from tests.ports import free_base, free_port
 

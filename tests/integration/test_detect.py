@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 from tests.integration import scenario
 from tests.integration.workers import run_worker, wait_for
 

@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.durable import App
+from pipeline.runtime.durable import App
 
 
 def test_an_idle_partitions_fetch_holds_up_a_busy_one_briefly(bootstrap: str, unique: str) -> None:

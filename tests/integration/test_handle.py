@@ -18,13 +18,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import Config, load_config
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 
 pytestmark = pytest.mark.integration
 
 # `casewatch handle` through the parser add_parser registers, as cli.py does.
 ENTRY = (
-    "import argparse, sys; from pipeline import handle; "
+    "import argparse, sys; from pipeline.tools.handle import handle; "
     "p = argparse.ArgumentParser(prog='casewatch'); handle.add_parser(p.add_subparsers()); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )

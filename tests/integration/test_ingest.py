@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.models import DeadLetter
+from pipeline.core.models import DeadLetter
 from tests.integration.workers import lag, run_worker, wait_for
 
 pytestmark = pytest.mark.integration

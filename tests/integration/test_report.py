@@ -17,13 +17,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.models import ExceptionRecord
+from pipeline.core.models import ExceptionRecord
 
 pytestmark = pytest.mark.integration
 
 # `casewatch report` through the parser add_parser registers, as cli.py does.
 ENTRY = (
-    "import argparse, sys; from pipeline import report; "
+    "import argparse, sys; from pipeline.tools.report import report; "
     "p = argparse.ArgumentParser(prog='casewatch'); report.add_parser(p.add_subparsers()); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )

@@ -25,7 +25,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import DEFAULT_CONFIG
-from pipeline.security import KafkaSecurity
+from pipeline.runtime.security import KafkaSecurity
 from tests.integration.workers import Worker, free_port, local_kafka, start_worker, wait_for
 from tests.ports import free_base
 

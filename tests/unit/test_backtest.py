@@ -1,5 +1,5 @@
 """`casewatch replay EVENTS --config NEW --against OLD`: a rule author sees what a change does
-to the exceptions of the same events before it ships (pipeline/backtest.py).
+to the exceptions of the same events before it ships (pipeline/tools/backtest/backtest.py).
 
 The configs are the default rules (pipeline/defaults/casewatch.yaml) edited as a rule author
 would edit the file; the events are bench/workload.py's realistic traffic, or the sample."""
@@ -18,8 +18,10 @@ import pytest
 from rich.console import Console
 
 from bench import workload
-from pipeline.backtest import EXIT_CHANGED
-from pipeline.backtest_cases import (
+from pipeline.cli import main
+from pipeline.config import DEFAULT_CONFIG, load_config
+from pipeline.tools.backtest.backtest import EXIT_CHANGED
+from pipeline.tools.backtest.cases import (
     APPEAR,
     DISAPPEAR,
     HANDLER,
@@ -32,10 +34,8 @@ from pipeline.backtest_cases import (
     replay,
     rule_changes,
 )
-from pipeline.backtest_output import Names, print_diff
-from pipeline.cli import main
-from pipeline.config import DEFAULT_CONFIG, load_config
-from pipeline.replay import Summary
+from pipeline.tools.backtest.output import Names, print_diff
+from pipeline.tools.replay import Summary
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = str(ROOT / "examples" / "sample.jsonl")

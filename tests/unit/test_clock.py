@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.clock import NEVER, PartitionClock
+from pipeline.core.clock import NEVER, PartitionClock
 
 L, IDLE = 300.0, 1.0  # allowed lateness 5 min, idle after 1 s
 T = 1_800_000_000.0  # an event time

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config, Runtime, load_config, parse_duration, review
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import Demo
-from pipeline.demo_procs import (
+from pipeline.tools.demo.demo import Demo
+from pipeline.tools.demo.procs import (
     cache_dir,
     follow_commands,
     last_words,
@@ -22,12 +22,12 @@ from pipeline.demo_procs import (
     run_folder,
     stopping_on,
 )
-from pipeline.demo_view import headline, summary
+from pipeline.tools.demo.view import headline, summary
 
 FAUST_CRASH = """\
 [2026-11-23 18:00:01,000] [4242] [INFO] [^Worker]: Starting...
 Traceback (most recent call last):
-  File "/x/pipeline/metrics.py", line 40, in serve
+  File "/x/pipeline/runtime/metrics.py", line 40, in serve
     start_http_server(port, registry=self.registry)
 OSError: [Errno 98] Address already in use
 \x1b[32m[2026-11-23 18:00:01,200] [4242] [INFO] [^Worker]: Stopping...\x1b[0m

@@ -12,7 +12,13 @@ import pytest
 from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage, PendingMessage
 
-from pipeline.durable import App, ChangelogNotWritten, DurableBuffer, StateTable, local_state_guard
+from pipeline.runtime.durable import (
+    App,
+    ChangelogNotWritten,
+    DurableBuffer,
+    StateTable,
+    local_state_guard,
+)
 
 
 class SlowTopic:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipeline.config import load_config
+from pipeline.core.engine import Engine
+from pipeline.core.state import CustomerState
 from pipeline.detectors.absence import AbsenceDetector
 from pipeline.detectors.base import epoch
 from pipeline.detectors.match import MatchDetector
 from pipeline.detectors.threshold import ThresholdDetector
-from pipeline.engine import Engine
-from pipeline.state import CustomerState
 
 
 def test_an_event_time_read_again_and_another_read_in_between_are_both_right() -> None:

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, InvalidEvent
-from pipeline.ingest import decode_event, parse_event
-from pipeline.models import EVENT_TYPES
+from pipeline.core.errors import ConfigError, InvalidEvent
+from pipeline.core.ingest import decode_event, parse_event
+from pipeline.core.models import EVENT_TYPES
 
 VALID = {
     "event_id": "e-1",

@@ -14,12 +14,14 @@ import orjson
 import pytest
 from rich.console import Console, RenderableType
 
-from pipeline import handle, handle_cases
 from pipeline.config import load_config
-from pipeline.errors import HandleError
-from pipeline.handle import Desk
-from pipeline.handle_cases import Case, Command
-from pipeline.models import ExceptionRecord
+from pipeline.core.durations import age_text
+from pipeline.core.errors import HandleError
+from pipeline.core.models import ExceptionRecord
+from pipeline.tools.handle import cases as handle_cases
+from pipeline.tools.handle import handle
+from pipeline.tools.handle.cases import Case, Command
+from pipeline.tools.handle.handle import Desk
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 A = "a1" + "0" * 30
@@ -202,7 +204,7 @@ def test_an_empty_table_says_there_is_nothing_to_do() -> None:
     ],
 )
 def test_age_text(age: timedelta, text: str) -> None:
-    assert handle_cases.age_text(age) == text
+    assert age_text(age) == text
 
 
 def test_a_resolution_is_published_as_the_contract_says() -> None:

@@ -7,9 +7,9 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from pipeline.errors import InvalidEvent
-from pipeline.ingest import _CHECKS, _FAST, decode_event, parse_event
-from pipeline.models import EVENT_MODELS, EVENT_TYPES, CustomerProfile, OrderPlaced
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.ingest import _CHECKS, _FAST, decode_event, parse_event
+from pipeline.core.models import EVENT_MODELS, EVENT_TYPES, CustomerProfile, OrderPlaced
 
 PLACED = {
     "event_id": "e-1",

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from pipeline import schemas
-from pipeline.models import DeadLetter, ExceptionRecord, Resolution
+from pipeline.core import schemas
+from pipeline.core.models import DeadLetter, ExceptionRecord, Resolution
 
 NOW = datetime(2026, 3, 1, 10, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from mode import Service
 
-from pipeline.durable import App
-from pipeline.offsets import SafeConsumer, start
+from pipeline.runtime.durable import App
+from pipeline.runtime.offsets import SafeConsumer, start
 
 TOPIC = "casewatch.interactions"
 PART = TP(TOPIC, 0)
@@ -407,9 +407,9 @@ def test_the_configs_fetch_settings_reach_the_worker_consumer() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from pipeline.app import build_app
     from pipeline.config import Runtime, load_config
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.app import build_app
+    from pipeline.runtime.metrics import Metrics
 
     config = load_config()
     pipeline = config.pipeline.model_copy(

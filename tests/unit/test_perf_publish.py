@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from pipeline.config import Config, load_config
-from pipeline.metrics import Metrics
 from pipeline.routers.step import DispatchStep
+from pipeline.runtime.metrics import Metrics
 
 CONFIG = """
 handlers:

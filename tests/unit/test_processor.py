@@ -13,13 +13,13 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import load_config
-from pipeline.metrics import Metrics
-from pipeline.processor import Record
-from pipeline.replay import Replay
+from pipeline.core.processor import Record
+from pipeline.core.state import CustomerState
+from pipeline.runtime.metrics import Metrics
+from pipeline.runtime.worker import Worker
 from pipeline.sinks.kafka import DeadLetterSink
 from pipeline.sinks.memory import MemorySink
-from pipeline.state import CustomerState
-from pipeline.worker import Worker
+from pipeline.tools.replay import Replay
 
 BASE = load_config()
 # One partition: every customer's deadlines run on the same clock.
@@ -253,7 +253,7 @@ def test_after_a_restart_an_input_with_unread_records_holds_the_clock() -> None:
     its delivery is unread in the orders partition when a new worker resumes at T+60 s. While
     the orders input has unread records its clock stays where the records left it, however
     long they take to arrive; once it is caught up and quiet, the deadline fires."""
-    from pipeline.processor import Processor
+    from pipeline.core.processor import Processor
 
     t = T0.timestamp()
     due = (T0 + timedelta(seconds=20) - timedelta(hours=4)).isoformat()  # the grace is 4 h

@@ -14,10 +14,10 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.config import load_config
-from pipeline.engine import Engine
-from pipeline.replay import Replay, partition_for
-from pipeline.state import VERSION, CustomerState
-from pipeline.state import plain as state_json
+from pipeline.core.engine import Engine
+from pipeline.core.state import VERSION, CustomerState
+from pipeline.core.state import plain as state_json
+from pipeline.tools.replay import Replay, partition_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "sample.jsonl"

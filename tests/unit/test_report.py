@@ -17,9 +17,11 @@ import orjson
 import pytest
 from rich.console import Console
 
-from pipeline import report, report_cases, report_output
-from pipeline.models import ExceptionRecord
-from pipeline.report_cases import Loaded, analyse
+from pipeline.core.models import ExceptionRecord
+from pipeline.tools.report import cases as report_cases
+from pipeline.tools.report import output as report_output
+from pipeline.tools.report import report
+from pipeline.tools.report.cases import Loaded, analyse
 from tests.integration import scenario
 
 T0 = datetime(2026, 3, 1, 9, tzinfo=UTC)

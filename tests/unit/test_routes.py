@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.routers.tree import parse_assignments
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_the_maintenance_contractor_does_not_see_the_tenants_name() -> None:
 
     import orjson
 
-    from pipeline.replay import Replay
+    from pipeline.tools.replay import Replay
 
     lines = [
         orjson.dumps(

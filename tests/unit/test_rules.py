@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.rules import build, parse_condition
+from pipeline.core.errors import ConfigError
+from pipeline.core.rules import build, parse_condition
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,9 +113,9 @@ def test_a_rule_skipped_for_an_event_type_would_have_done_nothing_with_it() -> N
     every default rule, observing such events changes nothing and finds nothing, from the
     states the realistic workload leaves behind."""
     from bench import workload
-    from pipeline.engine import Engine, event_dict
-    from pipeline.ingest import parse_event
-    from pipeline.state import CustomerState
+    from pipeline.core.engine import Engine, event_dict
+    from pipeline.core.ingest import parse_event
+    from pipeline.core.state import CustomerState
 
     engine = Engine(load_config())
     states: dict[str, CustomerState] = {}

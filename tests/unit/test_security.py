@@ -13,10 +13,10 @@ from aiokafka import errors
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from pipeline.access import check_access, explain
 from pipeline.config import Runtime
-from pipeline.errors import ConfigError
-from pipeline.security import KafkaSecurity
+from pipeline.core.errors import ConfigError
+from pipeline.runtime.access import check_access, explain
+from pipeline.runtime.security import KafkaSecurity
 
 PASSWORD = "s3cret-Pa55word"
 KEY_PASSWORD = "k3y-Pa55word"

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import orjson
 
-from pipeline.state import CustomerState, plain
+from pipeline.core.state import CustomerState, plain
 
 DAY = 86400.0
 WEEK = timedelta(days=7)
@@ -241,7 +241,7 @@ def test_a_heavy_customers_state_stays_bounded_over_a_year() -> None:
     from datetime import UTC, datetime, timedelta
 
     from pipeline.config import load_config
-    from pipeline.replay import Replay
+    from pipeline.tools.replay import Replay
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     replay = Replay(load_config(), errors=io.StringIO())
@@ -288,7 +288,7 @@ def test_rules_with_nothing_to_remember_take_no_room() -> None:
     """A rule whose state is its initial one (nothing counted, nothing pending) is left out of
     the customer's state, and reads back the same: detection is unchanged."""
     from pipeline.config import load_config
-    from pipeline.engine import Engine
+    from pipeline.core.engine import Engine
 
     engine = Engine(load_config())
     contact = {

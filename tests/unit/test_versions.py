@@ -1,5 +1,5 @@
 """The worker starts only on the releases of faust-streaming, mode and aiokafka it is tested with,
-and pyproject.toml, the lock files and pipeline/versions.py name the same ones."""
+and pyproject.toml, the lock files and pipeline/runtime/versions.py name the same ones."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipeline import versions
 from pipeline.cli import main
+from pipeline.runtime import versions
 
 REPO = Path(__file__).resolve().parents[2]
 LOCKS = {name: REPO / "requirements" / f"{name}.txt" for name in ("runtime", "dev", "bench")}

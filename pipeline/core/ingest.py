@@ -1,0 +1,334 @@
+"""Raw message bytes to a validated event, or an `InvalidEvent` with a reason a person can act on.
+
+One pass of pydantic-core's JSON parser validates and builds the event (no separate json.loads).
+Only when that fails do we look closer at the bytes, to say *why* in plain words.
+
+`decode_event` is the per-event path: it checks the common, plainly valid event itself and
+returns the dict the detectors read (what `Event.model_dump()` gives, key for key and in the
+same order); whatever it is not sure of, it hands to `parse_event`, so what is accepted and
+every reason for a rejection stay pydantic's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.config import Config
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.models import EVENT_MODELS, EVENT_TYPES, Event
+
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+EXAMPLE_TIME = "2026-03-01T10:00:00Z"
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+_TYPES = ", ".join(EVENT_TYPES)
+
+
+def parse_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
+    """Validate one message value. Raises `InvalidEvent` (reason + class) when it is not an event."""
+    if not value:
+        raise InvalidEvent(
+            "the message has no value (null or empty): expected one JSON event object",
+            "empty_value",
+        )
+    if len(value) > max_bytes:
+        raise InvalidEvent(
+            f"the value is {len(value)} bytes, over the limit of {max_bytes} bytes for one event "
+            "(pipeline.max_event_bytes in the config): keep bulky data out of events",
+            "too_large",
+        )
+    try:
+        return _EVENT.validate_json(value)
+    except ValidationError as exc:
+        raise explain(value, exc) from None
+
+
+def decode_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> dict[str, Any]:
+    """Validate one message value and return it as the detectors read it (`engine.event_dict`
+    of `parse_event`'s event: its fields with defaults applied, times as datetimes, amounts
+    as Decimals, unknown fields after the known ones). Raises `InvalidEvent` as `parse_event`
+    does, with the same reasons."""
+    if value and len(value) <= max_bytes:
+        try:
+            raw = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raw = None
+        kind = raw.get("type") if raw.__class__ is dict else None
+        fields = _FAST.get(kind) if kind.__class__ is str else None
+        # orjson reads an integer beyond 64 bits as a float, pydantic as an int: such a number
+        # (or any run of 19 digits, even in a string) goes to pydantic.
+        if fields is not None and _LONG_NUMBER.search(value) is None:
+            event = _checked(raw, fields)
+            if event is not None:
+                return event
+    data: dict[str, Any] = parse_event(value, max_bytes).model_dump()
+    return data
+
+
+_MISSING = object()
+_LONG_NUMBER = re.compile(rb"\d{19}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_AMOUNT = re.compile(r"\d{1,20}(?:\.\d{1,8})?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_Check = Callable[[Any], Any]  # the field's value as model_dump gives it, or _MISSING
+
+
+def _time(v: Any) -> Any:
+    if v.__class__ is not str or not _TIME.fullmatch(v):
+        return _MISSING
+    try:
+        return datetime.fromisoformat(v)
+    except ValueError:  # e.g. month 13: pydantic says why
+        return _MISSING
+
+
+def _one_of(*allowed: str) -> _Check:
+    def check(v: Any) -> Any:
+        return v if v.__class__ is str and v in allowed else _MISSING
+
+    return check
+
+
+def _money(v: Any) -> Any:
+    if v.__class__ is not dict or len(v) != 2:
+        return _MISSING
+    amount, currency = v.get("amount"), v.get("currency")
+    if (
+        amount.__class__ is not str
+        or currency.__class__ is not str
+        or not _AMOUNT.fullmatch(amount)
+        or not _CURRENCY.fullmatch(currency)
+    ):
+        return _MISSING
+    return {"amount": Decimal(amount), "currency": currency}
+
+
+_ID, _LABEL, _TEXT = (1, 128), (1, 200), (0, 4000)  # text: least and most characters
+# Each field of the contract's events by name, checked as its model declares it (the same
+# name has the same type in every event: test_fuzz holds the checks to the models).
+_CHECKS: dict[str, _Check | tuple[int, int]] = {
+    "event_id": _ID,
+    "customer_id": _ID,
+    "order_id": _ID,
+    "asset_id": _ID,
+    "occurred_at": _time,
+    "promised_by": _time,
+    "source": _LABEL,
+    "category": _LABEL,
+    "tier": _LABEL,
+    "segment": _LABEL,
+    "region": _LABEL,
+    "carrier": _LABEL,
+    "tracking_id": _LABEL,
+    "summary": _TEXT,
+    "name": _TEXT,
+    "reason": _TEXT,
+    "channel": _one_of("call", "chat", "email", "visit", "letter", "social", "web"),
+    "sentiment": _one_of("negative", "neutral", "positive"),
+    "transferred": lambda v: v if v.__class__ is bool else _MISSING,
+    "attributes": lambda v: v if v.__class__ is dict else _MISSING,
+    "value": _money,
+}
+# type -> its fields in the model's order: (name, check or None for text, least and most
+# characters of text, default; _MISSING when required)
+_Fields = tuple[tuple[str, _Check | None, int, int, Any], ...]
+
+
+def _fast_fields() -> dict[Any, _Fields]:
+    fast: dict[Any, _Fields] = {}
+    for model in EVENT_MODELS:
+        names = [n for n in model.model_fields if n != "type"]
+        if any(n not in _CHECKS for n in names):
+            continue  # a field the fast path does not know: pydantic validates this type
+        kind = model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+        fields: list[tuple[str, _Check | None, int, int, Any]] = []
+        for name, info in model.model_fields.items():
+            if name == "type":
+                fields.append((name, _one_of(kind), 0, 0, _MISSING))
+                continue
+            default = _MISSING if info.is_required() else info.default
+            check = _CHECKS[name]
+            if isinstance(check, tuple):
+                fields.append((name, None, *check, default))
+            else:
+                fields.append((name, check, 0, 0, default))
+        fast[kind] = tuple(fields)
+    return fast
+
+
+_FAST = _fast_fields()
+
+
+def _checked(raw: dict[str, Any], fields: _Fields) -> dict[str, Any] | None:
+    """The event as model_dump gives it, or None when a field is not plainly valid."""
+    out: dict[str, Any] = {}
+    given = 0
+    for name, check, least, most, default in fields:
+        v = raw.get(name, _MISSING)
+        if v is not _MISSING:
+            given += 1
+        if v is _MISSING or (v is None and default is None):
+            if default is _MISSING:
+                return None
+            out[name] = default
+            continue
+        if check is None:  # text, checked here: most fields are
+            if v.__class__ is not str or not least <= len(v) <= most:
+                return None
+        else:
+            v = check(v)
+            if v is _MISSING:
+                return None
+        out[name] = v
+    if given < len(raw):  # unknown fields are kept, after the known ones
+        for name, v in raw.items():
+            if name not in out:
+                out[name] = v
+    return out
+
+
+def explain(value: bytes, exc: ValidationError) -> InvalidEvent:
+    """Turn pydantic's first error into one sentence; mention how many more there are."""
+    errors = exc.errors(include_url=False)
+    reason, error_class = _describe(value, errors[0])
+    if len(errors) > 1:
+        more = len(errors) - 1
+        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return InvalidEvent(reason, error_class)
+
+
+def _describe(value: bytes, err: Any) -> tuple[str, str]:
+    kind: str = err["type"]
+    if kind == "json_invalid":
+        return _describe_bad_json(value, err["msg"])
+    if kind in ("dict_type", "model_type", "model_attributes_type") and not err["loc"]:
+        return (
+            f"the value is a JSON {_json_kind(err['input'])}, but an event must be a JSON object "
+            '({"event_id": ..., "type": ..., ...})',
+            "not_object",
+        )
+    if kind == "union_tag_not_found":
+        return (f"field 'type' is missing: every event needs one, one of: {_TYPES}", "type_missing")
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return (
+            f"field 'type': unknown event type '{tag}', expected one of: {_TYPES}",
+            "type_unknown",
+        )
+    return _describe_field(err)
+
+
+def _describe_bad_json(value: bytes, msg: str) -> tuple[str, str]:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as u:
+        bad = value[u.start]
+        return (
+            f"the value is not valid UTF-8 (byte 0x{bad:02x} at position {u.start}): "
+            "events must be UTF-8 encoded JSON",
+            "not_utf8",
+        )
+    detail = msg.removeprefix("Invalid JSON: ")
+    if "recursion limit" in detail:
+        return (
+            f"the JSON is nested too deeply ({detail}): events are flat objects; "
+            "keep attributes shallow",
+            "json_too_deep",
+        )
+    if detail.startswith("EOF while parsing"):
+        return (
+            f"the JSON ends too early ({detail}): the message looks truncated",
+            "json_truncated",
+        )
+    return (f"the value is not valid JSON ({detail}): expected one JSON object", "json_invalid")
+
+
+def _describe_field(err: Any) -> tuple[str, str]:
+    loc = err["loc"]
+    event_type = loc[0] if loc and isinstance(loc[0], str) and loc[0] in EVENT_TYPES else None
+    path = _path(loc[1:] if event_type else loc)
+    kind: str = err["type"]
+    got = _show(err.get("input"))
+    if kind == "missing":
+        needed = f" for {event_type} events" if event_type else ""
+        return (f"field '{path}' is missing: it is required{needed}", "field_missing")
+    if kind == "timezone_aware":
+        return (
+            f"field '{path}': timestamp has no offset, e.g. {EXAMPLE_TIME}",
+            "timestamp_no_offset",
+        )
+    if kind.startswith("datetime"):
+        why = err["msg"].removeprefix("Input should be a valid datetime").lstrip(", ")
+        why = f" ({why})" if why else ""
+        return (
+            f"field '{path}': {got} is not an RFC 3339 timestamp{why}, e.g. {EXAMPLE_TIME}",
+            "timestamp_invalid",
+        )
+    if kind == "extra_forbidden":
+        return (f"field '{path}' is not allowed here: remove it", "field_unknown")
+    hint = _HINTS.get(str(loc[-1])) if loc else None
+    if hint:
+        return (f"field '{path}': {got} is not {hint}", "field_invalid")
+    if kind == "literal_error":
+        return (f"field '{path}': {got} is not {err['ctx']['expected']}", "field_invalid")
+    if kind == "string_too_short":
+        least = err["ctx"]["min_length"]
+        return (
+            f"field '{path}': {got} is too short, it needs at least {least} character",
+            "field_invalid",
+        )
+    if kind == "string_too_long":
+        most = err["ctx"]["max_length"]
+        return (f"field '{path}': {got} is too long, at most {most} characters", "field_invalid")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        want = err["msg"].removeprefix("Input should be ")
+        return (f"field '{path}': expected {want}, got {got}", "wrong_type")
+    msg = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    return (f"field '{path}': {got} is not allowed, it should be {msg}", "field_invalid")
+
+
+_HINTS = {
+    "currency": "an ISO 4217 currency code (three capital letters, e.g. EUR)",
+    "amount": "a decimal amount of 0 or more, e.g. 12.50 (a JSON number or string)",
+}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(value)"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    if isinstance(value, str):
+        text = repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+        return text
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def topic_for(event_type: str, config: Config) -> str:
+    """Orders go to the orders topic; interactions and profiles to the interactions topic."""
+    return config.topics.orders if event_type.startswith("order.") else config.topics.interactions
