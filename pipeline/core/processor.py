@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 from pipeline.config import Config
 from pipeline.core.clock import NEVER, PartitionClock
 from pipeline.core.engine import DeadlineIndex, Engine, context_of, occurred, without_open
@@ -202,8 +204,6 @@ class Processor:
     ) -> int:
         """After a rebalance or restart: the deadline index and the clocks from the tables'
         local contents. Returns the number of customers held."""
-        import orjson
-
         self.index.clear()
         customers = 0
         for customer, value in states:

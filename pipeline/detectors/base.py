@@ -1,7 +1,8 @@
 """The detector contract: pure logic, no I/O, time passed in.
 
-A detector never reads a clock, a topic or a table: the Faust agent and the offline replay call
-the same functions, so live and replay cannot disagree. State is immutable and serialisable.
+A detector never reads a clock, a topic or a table: the live worker and the offline replay call
+it through one processor (pipeline/core/processor.py), so live and replay cannot disagree. State
+is immutable and serialisable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""A committed offset never passes an event no agent processed.
+"""A committed offset never passes an event nobody processed; the source topics' records go to
+the worker in batches, a partition's fetched records at a time.
+
+`SafeConsumer` replaces Faust's fetch loop (`_drain_messages`). Records of the topics in
+`App.batch_topics` (the sources and the re-key topic) are handed, one partition's fetch at a
+time, to `App.on_batch` and acknowledged together in Faust's own bookkeeping once it returns
+(outputs and states written); a rebalance's `wait_empty` waits for the batch in flight, and a
+batch cut by a seek, a queue clear or a new generation is not acknowledged but read again.
+Records of the other topics go through Faust's conductor to their agents, one at a time, as
+before. docs/architecture.md says why.
 
 Faust marks offsets as done without processing them when it believes the broker skipped them:
 `Consumer._drain_messages` compares each fetched offset with the last one it read
