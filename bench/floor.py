@@ -269,8 +269,11 @@ def main() -> int:
         ]
     if args.child:
         variant, bootstrap, prefix, total, result = args.child
-        with tempfile.TemporaryDirectory(prefix="casewatch-floor-") as folder:
-            child(variant, bootstrap, prefix, int(total), folder, result)
+        # The child ends with os._exit (Faust's worker would not return): its data goes in
+        # the folder of its result, which the parent removes.
+        folder = Path(result).parent / "data"
+        folder.mkdir(exist_ok=True)
+        child(variant, bootstrap, prefix, int(total), str(folder), result)
         return 0
 
     from bench import loader, profile
