@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
 from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
+from pipeline.core.ingest import EXAMPLE_TIME
 from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
 from pipeline.runtime.security import SOURCE
 from pipeline.tools.demo import demo
@@ -159,7 +160,7 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an RFC 3339 time: write e.g. 2026-11-23T18:00:00Z"
+            f"{text!r} is not an RFC 3339 time: write e.g. {EXAMPLE_TIME}"
         ) from None
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(
