@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from pipeline.config import Config
 from pipeline.core.clock import NEVER
 from pipeline.core.models import DeadLetter, Resolution
-from pipeline.core.processor import Consumed, Found, Output, Processor, Record
+from pipeline.core.processor import Consumed, Found, Output, Processor
 from pipeline.runtime.metrics import Metrics
 from pipeline.sinks.base import Sink
 from pipeline.sinks.kafka import DeadLetterSink
@@ -270,4 +270,4 @@ def _envelope(found: Found, partition: int) -> tuple[bytes, bytes, None]:
     return record.customer_id.encode(), orjson.dumps(value), None
 
 
-__all__ = ["TICK", "Record", "Worker"]
+__all__ = ["TICK", "Worker"]

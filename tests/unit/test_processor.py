@@ -41,6 +41,23 @@ def ev(event_id: str, type_: str, hours: float, customer: str, **fields: Any) ->
     )
 
 
+def shipped(event_id: str, customer: str, order: str) -> bytes:
+    """A parcel shipped at T0, promised by T0 + 1 h: missing at T0 + 5 h (the rule's grace)."""
+    promised = (T0 + timedelta(hours=1)).isoformat()
+    return ev(event_id, "order.shipped", 0, customer, order_id=order, promised_by=promised)
+
+
+def contact(event_id: str, hours: float, customer: str) -> bytes:
+    return ev(
+        event_id,
+        "interaction.contact",
+        hours,
+        customer,
+        channel="call",
+        category="billing/question",
+    )
+
+
 def topic_of(line: bytes) -> str:
     return ORDERS if orjson.loads(line)["type"].startswith("order.") else INTERACTIONS
 
@@ -129,16 +146,9 @@ def test_deadlines_passed_by_an_event_fire_before_it_live_and_in_replay() -> Non
     (both inputs are at +10h then): c-a's missing delivery comes out before the exception
     c-b's own event opens."""
     lines = [
-        ev(
-            "a1",
-            "order.shipped",
-            0,
-            "c-a",
-            order_id="o-a",
-            promised_by=(T0 + timedelta(hours=1)).isoformat(),
-        ),
-        ev("b0", "interaction.contact", 0, "c-b", channel="call", category="billing/question"),
-        ev("b2", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+        shipped("a1", "c-a", "o-a"),
+        contact("b0", 0, "c-b"),
+        contact("b2", 10, "c-b"),
         ev("b1", "order.delivery_failed", 10, "c-b", order_id="o-b", reason="address not found"),
     ]
     ours, _, _ = live(lines)
@@ -151,7 +161,7 @@ def test_a_re_keyed_event_moves_the_clock_of_its_event_types_input() -> None:
     """An order event that came through the re-key topic counts as the orders input, as in
     replay (not as a third input that holds the clock while the orders topic is unseen)."""
     lines = [
-        ev("i1", "interaction.contact", 2, "c-a", channel="call", category="billing/question"),
+        contact("i1", 2, "c-a"),
         ev(
             "o1",
             "order.placed",
@@ -172,7 +182,7 @@ def test_the_partition_that_processed_an_event_owns_the_customer() -> None:
     """A state written by another partition (the topics were re-partitioned): the partition
     that processed the event is recorded, live and in replay."""
     elsewhere = CustomerState(partition=5).to_bytes()
-    lines = [ev("e1", "interaction.contact", 0, "c-a", channel="call", category="billing/question")]
+    lines = [contact("e1", 0, "c-a")]
     _, _, table = live(lines, stored={b"c-a": elsewhere})
     _, r = replayed(lines, stored={b"c-a": elsewhere})
     assert CustomerState.from_bytes(table.data[b"c-a"]).partition == 0
@@ -191,15 +201,8 @@ def test_a_duplicate_moves_the_clock_and_fires_what_is_due() -> None:
             order_id="o-b",
             value={"amount": "5.00", "currency": "EUR"},
         ),
-        ev(
-            "a1",
-            "order.shipped",
-            0,
-            "c-a",
-            order_id="o-a",
-            promised_by=(T0 + timedelta(hours=1)).isoformat(),
-        ),
-        ev("b1", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+        shipped("a1", "c-a", "o-a"),
+        contact("b1", 10, "c-b"),
         ev(
             "b0",
             "order.placed",
@@ -220,18 +223,11 @@ def test_outputs_are_acknowledged_before_any_state_is_written() -> None:
     """A crash between the two repeats outputs (same ids), never loses one: the state that
     remembers an event is written only after what the event caused is acknowledged."""
     lines = [
-        ev(
-            "a1",
-            "order.shipped",
-            0,
-            "c-a",
-            order_id="o-a",
-            promised_by=(T0 + timedelta(hours=1)).isoformat(),
-        ),
-        ev("b0", "interaction.contact", 0, "c-b", channel="call", category="billing/question"),
+        shipped("a1", "c-a", "o-a"),
+        contact("b0", 0, "c-b"),
         ev("b1", "order.delivery_failed", 10, "c-b", order_id="o-b", reason="address not found"),
         b'{"not": "an event"}',
-        ev("b2", "interaction.contact", 10, "c-b", channel="call", category="billing/question"),
+        contact("b2", 10, "c-b"),
     ]
     log: list[tuple[str, str]] = []
     w, _, _ = worker(log)
