@@ -94,6 +94,8 @@ class Worker:
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CASEWATCH_STORE": store,
             "CASEWATCH_METRICS_PORT": str(port),
+            "CASEWATCH_API_PORT": str(free_port()),
+            "CASEWATCH_API_HOST": "127.0.0.1",
             "CASEWATCH_STATE_DIR": str(folder / f"{name}-state"),
         }
         log = folder / f"{name}.log"

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -20,6 +21,7 @@ from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
 from pipeline.core.ingest import EXAMPLE_TIME
 from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
 from pipeline.runtime.security import SOURCE
+from pipeline.tools import status
 from pipeline.tools.demo import demo
 from pipeline.tools.handle import handle
 from pipeline.tools.report import report
@@ -148,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     handle.add_parser(sub)
     demo.add_parser(sub)
     report.add_parser(sub)
+    status.add_parser(sub)
 
     t = sub.add_parser("topics", help="create or verify the contract's topics")
     t.add_argument("--config", default=None)
@@ -229,6 +232,8 @@ def _worker(args: argparse.Namespace) -> int:
     metrics = Metrics.create()
     if runtime.metrics_port:
         _serve(metrics, runtime.metrics_port)
+    if runtime.api_port:
+        _bindable(runtime.api_bind, runtime.api_port)
     asyncio.run(check_reachable(runtime.bootstrap_servers))  # before Faust retries and raises
     # Sign in once first: Faust reports rejected credentials as a traceback ending in
     # "Unable to bootstrap", which names neither the user nor the variable to fix.
@@ -254,6 +259,19 @@ def _serve(metrics: Metrics, port: int) -> None:
         raise Unavailable(
             f"cannot serve metrics on port {port} ({exc.strerror}): stop what holds it, or set "
             "CASEWATCH_METRICS_PORT to a free port (0: no metrics server)"
+        ) from None
+
+
+def _bindable(address: str, port: int) -> None:
+    """Faust's web server reports a taken port as a traceback: say it first, in one line."""
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot serve the case API on {address}:{port} ({exc.strerror}): stop what holds "
+            "it, or set CASEWATCH_API_PORT to a free port (0: no case API)"
         ) from None
 
 

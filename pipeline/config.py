@@ -237,6 +237,11 @@ class Runtime(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     config_path: str | None = None
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no metrics server
+    # The case API (pipeline/runtime/api.py) on Faust's web server: the port, the address it
+    # listens on, and the host name the other workers reach this one by.
+    api_port: int = Field(default=6066, ge=0, le=65535)  # 0: no API (e.g. a test harness)
+    api_bind: str = "0.0.0.0"
+    api_host: str | None = None  # None: this machine's host name
     state_dir: str = "./casewatch-data"
     # memory:// rebuilds from the changelog at every start. rocksdb:// restarts faster after a
     # clean stop; after an unclean one its tables are deleted and rebuilt
@@ -290,6 +295,12 @@ ENV = {
     ),
     "config_path": ("CASEWATCH_CONFIG", "the path of a config file"),
     "metrics_port": ("CASEWATCH_METRICS_PORT", "a port number 1-65535, or 0 for no metrics server"),
+    "api_port": ("CASEWATCH_API_PORT", "a port number 1-65535, or 0 for no case API"),
+    "api_bind": ("CASEWATCH_API_BIND", "an address to listen on, e.g. 0.0.0.0 or 127.0.0.1"),
+    "api_host": (
+        "CASEWATCH_API_HOST",
+        "the host name or address the other workers reach this worker's API by",
+    ),
     "state_dir": ("CASEWATCH_STATE_DIR", "a folder"),
     "store": ("CASEWATCH_STORE", "memory:// or rocksdb://"),
     "guarantee": ("CASEWATCH_PROCESSING_GUARANTEE", "at_least_once or exactly_once"),

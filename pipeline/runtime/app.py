@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from typing import Any, cast
 
 import faust
@@ -11,6 +12,8 @@ from faust.types import TP
 
 from pipeline.config import Config, Runtime
 from pipeline.routers.step import DispatchStep
+from pipeline.runtime.api import CaseApi, FaustPeers, Tokens, install
+from pipeline.runtime.cases import CaseKeeper
 from pipeline.runtime.durable import App, StateTable
 from pipeline.runtime.metrics import Metrics
 from pipeline.runtime.offsets import SafeConsumer, wait_ms
@@ -41,7 +44,17 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         store=runtime.store,
         datadir=runtime.state_dir,
         autodiscover=False,
-        web_enabled=False,
+        # The case API (pipeline/runtime/api.py) is the only thing served: Faust's own pages
+        # (its tables' contents among them) are off.
+        web_enabled=bool(runtime.api_port),
+        web_port=runtime.api_port,
+        web_bind=runtime.api_bind,
+        web_host=runtime.api_host or socket.gethostname(),
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         topic_partitions=p.partitions,
         topic_replication_factor=p.replication_factor,
         topic_allow_declare=True,
@@ -81,7 +94,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         **_RAW,
     )
     dlq = app.topic(t.dlq, **_RAW)
-    exceptions = app.topic(t.exceptions, **_RAW)
+    exceptions = app.topic(t.exceptions, partitions=p.partitions, **_RAW)
     resolutions = app.topic(t.resolutions, partitions=p.partitions, **_RAW)
     # Routing needs a global view of each handler's open count: one partition decides.
     dispatch = app.topic(internal_name(p.app_id, "dispatch"), partitions=1, internal=True, **_RAW)
@@ -102,6 +115,19 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         table=StateTable(app, customers),
         clocks_table=StateTable(app, clocks),
     )
+    cases_table = _table(app, "cases", p.partitions)
+    keeper = CaseKeeper(config=config, metrics=metrics, table=StateTable(app, cases_table))
+    if runtime.api_port:
+        install(
+            app,
+            CaseApi(
+                config=config,
+                keeper=keeper,
+                tokens=Tokens.from_env(),
+                peers=FaustPeers(app, cases_table.name),
+                metrics=metrics,
+            ),
+        )
     entries = _table(app, "dispatch", 1)
     router = DispatchStep(
         config=config,
@@ -149,6 +175,13 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
     async def resolve(stream: Any) -> None:
         async for event in stream.events():
             await worker.resolution(event.message)
+            await keeper.resolution(event.message)
+
+    async def logged(stream: Any) -> None:
+        async for event in stream.events():
+            await keeper.record(event.message)
+
+    app.agent(exceptions, name="cases")(logged)
 
     async def route(stream: Any) -> None:
         async for event in stream.events():
@@ -164,8 +197,14 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
     watched = {t.interactions, t.orders, t.resolutions, rekey_name}
 
+    async def cases_recovered() -> None:
+        keeper.recovered(cases_table.items())
+
+    cases_table.on_recover(cases_recovered)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        keeper.revoked()
         # Another worker decides dispatch now: its handler gauges are the true ones.
         if any(tp.topic == dispatch.get_topic_name() for tp in revoked):
             router.forget_gauges()

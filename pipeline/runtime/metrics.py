@@ -40,6 +40,9 @@ class Metrics:
     consumer_lag: Gauge
     table_entries: Gauge
     up: Gauge
+    api_requests: Counter
+    api_latency: Histogram
+    case_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -173,6 +176,25 @@ class Metrics:
                 registry=reg,
             ),
             up=Gauge("casewatch_worker_up", "1 while the worker is processing.", registry=reg),
+            api_requests=Counter(
+                "casewatch_api_requests_total",
+                "Case API requests answered, by route and HTTP status.",
+                ["route", "status"],
+                registry=reg,
+            ),
+            api_latency=Histogram(
+                "casewatch_api_request_seconds",
+                "Time to answer a case API request (passed-on requests included), by route.",
+                ["route"],
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=reg,
+            ),
+            case_errors=Counter(
+                "casewatch_case_fold_errors_total",
+                "Records of the exception log or resolutions the case view could not take.",
+                ["what"],
+                registry=reg,
+            ),
         )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -159,6 +159,7 @@ class Cluster:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "CASEWATCH_METRICS_PORT": "0",  # no /metrics: progress is read from the group lag
+            "CASEWATCH_API_PORT": "0",  # no case API: several workers share this host
             "CASEWATCH_STATE_DIR": str(self.folder / f"state-{slot}"),
             "CASEWATCH_STORE": self.store,
         }

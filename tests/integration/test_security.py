@@ -264,6 +264,7 @@ def test_a_wrong_password_fails_fast_with_a_clear_message(
         user,
         KAFKA_SASL_PASSWORD=wrong,
         CASEWATCH_METRICS_PORT=str(free_port()),
+        CASEWATCH_API_PORT=str(free_port()),
         CASEWATCH_STATE_DIR=str(tmp_path / "state"),
     )
     events = tmp_path / "events.jsonl"

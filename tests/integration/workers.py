@@ -78,7 +78,13 @@ def start_worker(
     """`casewatch worker` with `env` (its own /metrics port and state directory under `tmp`),
     once its /metrics says it is up; stopped with SIGTERM afterwards."""
     port = free_port()
-    env = {**env, "CASEWATCH_METRICS_PORT": str(port), "CASEWATCH_STATE_DIR": str(tmp / "state")}
+    env = {
+        "CASEWATCH_API_PORT": str(free_port()),  # unless the test chose one
+        "CASEWATCH_API_HOST": "127.0.0.1",
+        **env,
+        "CASEWATCH_METRICS_PORT": str(port),
+        "CASEWATCH_STATE_DIR": str(tmp / "state"),
+    }
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "worker.log"
     with log.open("wb") as out:

@@ -66,6 +66,7 @@ DEMO_HANDLERS = {
 # How often each simulated team resolves its oldest open exception.
 RESOLVE_EVERY = {"supervisors": 5.0, "vip": 6.0}
 RESOLVE_DEFAULT = 12.0
+API_PORT = 6066  # the first worker's case API when free (Faust's usual web port)
 
 
 def demo_config(path: Path, prefix: str) -> Path:
@@ -121,12 +122,15 @@ class Demo:
         if topics.returncode != 0:
             raise DemoError(f"creating the topics failed: {last_words(topics.stderr)}")
         self.ports = metrics_ports(self.args.metrics_port)
+        self.api_ports = metrics_ports(None, preferred=API_PORT)
         for i, port in enumerate(self.ports):
             self.procs.worker(
                 [sys.executable, "-m", "pipeline", "worker", "--config", str(self.config_path)],
                 {
                     **env,
                     "CASEWATCH_METRICS_PORT": str(port),
+                    "CASEWATCH_API_PORT": str(self.api_ports[i]),
+                    "CASEWATCH_API_HOST": "127.0.0.1",
                     "CASEWATCH_STATE_DIR": str(self.folder / f"worker-{i + 1}"),
                 },
             )

@@ -1,0 +1,392 @@
+"""The case status API, served by every worker on Faust's web server (docs/cases.md).
+
+A request about a customer is answered by the worker that owns the customer's partition of the
+`cases` table: Faust's partition assignor knows which worker that is (`app.router.key_store`,
+from the URLs the workers advertised when they joined the group), and any other worker passes
+the request on to it once, marked as passed on. A request by case id is answered from the
+worker's index of the cases it holds, or asked of every other worker. A worker that cannot
+answer for sure (no assignment yet, its table still recovering, the owner unreachable) says
+503 with Retry-After; it never answers from a copy that may be stale.
+
+`CaseApi.handle` is the whole behaviour (auth, ids, routing, views, errors, metrics) over a
+`Peers` interface; `install` mounts it on a Faust app. Never a traceback, never another
+customer's data: each answer is built from one customer's book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from pipeline.cases import book as books
+from pipeline.cases import page, views
+from pipeline.config import Config
+from pipeline.runtime.cases import CaseKeeper
+from pipeline.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ROUTES = {
+    "customer_cases": "/v1/customers/{customer_id}/cases",
+    "case": "/v1/cases/{exception_id}",
+    "page": "/cases/customer/{customer_id}",
+    "login": "/cases/login",
+    "openapi": "/v1/openapi.json",
+}
+FORWARDED = "x-casewatch-forwarded"  # set on a request one worker passes on to another
+COOKIE = "casewatch_token"  # the CSR page's sign-in (a browser cannot send a bearer header)
+RETRY_AFTER = "2"  # seconds: about a rebalance's recovery of the cases table
+PEER_TIMEOUT = 2.0  # seconds a worker waits for another's answer
+STATUSES = ("open", "escalated", "resolved")
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
+SELF = "self"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Unreachable(Exception):
+    """Another worker did not answer in time."""
+
+
+class Peers(Protocol):
+    """Where a customer's book is, and the way to the other workers."""
+
+    def owner(self, customer: bytes) -> str | None:
+        """`SELF`, another worker's URL, or None while no assignment says."""
+        ...
+
+    def others(self) -> list[str]:
+        """Every other worker's URL."""
+        ...
+
+    async def fetch(self, url: str, target: str, headers: Mapping[str, str]) -> Reply:
+        """GET `target` (path and query) of the worker at `url`; raises Unreachable."""
+        ...
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Bearer tokens by scope, from CASEWATCH_STAFF_TOKENS and CASEWATCH_CUSTOMER_TOKENS
+    (comma-separated)."""
+
+    staff: tuple[str, ...] = ()
+    customer: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Tokens:
+        e = os.environ if env is None else env
+
+        def split(name: str) -> tuple[str, ...]:
+            return tuple(t.strip() for t in e.get(name, "").split(",") if t.strip())
+
+        return cls(split("CASEWATCH_STAFF_TOKENS"), split("CASEWATCH_CUSTOMER_TOKENS"))
+
+    def scope(self, token: str | None) -> str | None:
+        """The token's scope, or None. Every token is compared, in constant time each."""
+        if not token:
+            return None
+        given = token.encode()
+        found = None
+        for scope, tokens in (("staff", self.staff), ("customer", self.customer)):
+            for t in tokens:
+                if hmac.compare_digest(given, t.encode()):
+                    found = scope
+        return found
+
+
+@dataclass
+class CaseApi:
+    """The API's behaviour, whatever serves it."""
+
+    config: Config
+    keeper: CaseKeeper
+    tokens: Tokens
+    peers: Peers
+    metrics: Metrics
+    clock: Any = time.time
+
+    async def handle(
+        self,
+        route: str,
+        params: Mapping[str, str],
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        form: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """One request; `headers` with lower-case names. Never raises."""
+        start = time.perf_counter()
+        try:
+            reply = await self._route(route, params, query, headers, form)
+        except Exception:
+            log.exception("case API: internal error on %s", route)
+            reply = self._error(route, 500, "internal_error", "Casewatch failed on this request")
+        self.metrics.api_requests.labels(route, str(reply.status)).inc()
+        self.metrics.api_latency.labels(route).observe(time.perf_counter() - start)
+        return reply
+
+    async def _route(
+        self,
+        route: str,
+        params: Mapping[str, str],
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        form: Mapping[str, str] | None,
+    ) -> Reply:
+        if route == "openapi":
+            return Reply(200, orjson.dumps(views.openapi(), option=orjson.OPT_INDENT_2))
+        if route == "login":
+            return self._login(form or {})
+        scope = self.tokens.scope(_bearer(headers, cookie=route == "page"))
+        if scope is None:
+            if route == "page":
+                back = ROUTES["page"].format(customer_id=quote(params["customer_id"], safe=""))
+                return Reply(401, page.login_page(back).encode(), HTML)
+            return self._error(
+                route,
+                401,
+                "unauthorized",
+                "send a valid token: 'Authorization: Bearer <token>' (CASEWATCH_STAFF_TOKENS "
+                "or CASEWATCH_CUSTOMER_TOKENS on the workers)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if route == "page" and scope != "staff":
+            return self._error(route, 403, "forbidden", "the CSR page needs a staff token")
+        if route == "case":
+            exception_id = params["exception_id"]
+            if not views.valid_exception_id(exception_id):
+                return self._error(
+                    route, 400, "bad_id", "an exception id is 32 lower-case hexadecimal characters"
+                )
+            return await self._case(exception_id, scope, headers)
+        customer_id = params["customer_id"]
+        if not views.valid_customer_id(customer_id):
+            return self._error(
+                route, 400, "bad_id", "a customer id is 1 to 128 characters, none of them control"
+            )
+        status = query.get("status")
+        if status is not None and status not in STATUSES:
+            return self._error(
+                route, 400, "bad_status", f"status is one of {', '.join(STATUSES)}, or left out"
+            )
+        return await self._customer(route, customer_id, status, scope, query, headers)
+
+    async def _customer(
+        self,
+        route: str,
+        customer_id: str,
+        status: str | None,
+        scope: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> Reply:
+        key = customer_id.encode()
+        owner = self.peers.owner(key)
+        if owner is None or (owner != SELF and FORWARDED in headers):
+            return self._unavailable(route, "the worker that owns this customer is not known yet")
+        if owner != SELF:
+            path = ROUTES[route].format(customer_id=quote(customer_id, safe=""))
+            return await self._pass_on(route, owner, _target(path, query), headers)
+        if not self.keeper.ready:
+            return self._unavailable(route, "this worker is still recovering its cases")
+        found = books.cases(self.keeper.book(key), status)
+        now = self.clock()
+        if route == "page":
+            staff = [views.staff_view(c, self.config, now) for c in found]
+            return Reply(200, page.render_customer_page(customer_id, staff, now).encode(), HTML)
+        shown = [self._view(c, scope, now) for c in found]
+        return Reply(200, orjson.dumps({"customer_id": customer_id, "cases": shown}))
+
+    async def _case(self, exception_id: str, scope: str, headers: Mapping[str, str]) -> Reply:
+        route = "case"
+        target = ROUTES[route].format(exception_id=exception_id)
+        customer = self.keeper.index.get(exception_id)
+        if customer is not None:
+            owner = self.peers.owner(customer)
+            if owner == SELF and self.keeper.ready:
+                case = books.find(self.keeper.book(customer), exception_id)
+                if case is not None:
+                    return Reply(200, orjson.dumps(self._view(case, scope, self.clock())))
+            elif owner is not None and owner != SELF and FORWARDED not in headers:
+                reply = await self._pass_on(route, owner, target, headers)
+                if reply.status != 404:
+                    return reply
+        if FORWARDED in headers:  # asked by another worker: only what is here
+            if self.keeper.ready:
+                return self._error(route, 404, "not_found", "no such case here")
+            return self._unavailable(route, "this worker is still recovering its cases")
+        replies = await asyncio.gather(
+            *(self._pass_on(route, url, target, headers) for url in self.peers.others())
+        )
+        for reply in replies:
+            if reply.status == 200:
+                return reply
+        if self.keeper.ready and all(r.status == 404 for r in replies):
+            return self._error(
+                route,
+                404,
+                "not_found",
+                f"no case {exception_id} within the last {_days(self.config)} days: check the id",
+            )
+        return self._unavailable(route, "a worker that may hold this case did not answer")
+
+    def _view(self, case: Any, scope: str, now: float) -> dict[str, Any]:
+        if scope == "staff":
+            return views.staff_view(case, self.config, now)
+        return views.customer_view(case, self.config, now)
+
+    async def _pass_on(
+        self, route: str, url: str, target: str, headers: Mapping[str, str]
+    ) -> Reply:
+        sent = {k: v for k, v in headers.items() if k in ("authorization", "cookie")}
+        sent[FORWARDED] = "1"
+        try:
+            return await self.peers.fetch(url, target, sent)
+        except Unreachable as exc:
+            log.warning("case API: %s did not answer (%s)", url, exc)
+            return self._unavailable(route, "the worker that owns this customer did not answer")
+
+    def _login(self, form: Mapping[str, str]) -> Reply:
+        back = form.get("next", "")
+        if not back.startswith("/cases/customer/"):  # never a redirect elsewhere
+            back = "/cases/customer/"
+        token = form.get("token", "")
+        if self.tokens.scope(token) != "staff":
+            return Reply(401, page.login_page(back, failed=True).encode(), HTML)
+        cookie = f"{COOKIE}={quote(token, safe='')}; Path=/cases; HttpOnly; SameSite=Strict"
+        return Reply(303, b"", HTML, {"Location": back, "Set-Cookie": cookie})
+
+    def _unavailable(self, route: str, why: str) -> Reply:
+        return self._error(
+            route, 503, "unavailable", f"{why}: try again shortly", {"Retry-After": RETRY_AFTER}
+        )
+
+    def _error(
+        self,
+        route: str,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        if route in ("page", "login"):
+            return Reply(status, page.error_page(status, message).encode(), HTML, headers or {})
+        body = orjson.dumps({"error": code, "message": message})
+        return Reply(status, body, JSON, headers or {})
+
+
+def _bearer(headers: Mapping[str, str], *, cookie: bool) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if cookie:
+        for part in headers.get("cookie", "").split(";"):
+            name, _, text = part.strip().partition("=")
+            if name == COOKIE and text:
+                from urllib.parse import unquote
+
+                return unquote(text)
+    return None
+
+
+def _target(path: str, query: Mapping[str, str]) -> str:
+    return f"{path}?{urlencode(dict(query))}" if query else path
+
+
+def _days(config: Config) -> int:
+    retention = config.cases.retention or config.topics.retention
+    return max(1, round(retention.total_seconds() / 86400))
+
+
+class FaustPeers:
+    """`Peers` from a Faust app: its partition assignor's map of table partitions to the
+    workers' advertised URLs, and its HTTP client."""
+
+    def __init__(self, app: Any, table: str) -> None:
+        self.app = app
+        self.table = table
+
+    def _me(self) -> str:
+        return str(self.app.conf.canonical_url).rstrip("/")
+
+    def owner(self, customer: bytes) -> str | None:
+        try:
+            url = str(self.app.router.key_store(self.table, customer)).rstrip("/")
+        except (KeyError, AttributeError, TypeError):
+            return None  # no assignment yet, or the topic's metadata is not known yet
+        return SELF if url == self._me() else url
+
+    def others(self) -> list[str]:
+        urls = {str(u).rstrip("/") for u in self.app.assignor.changelog_distribution}
+        return sorted(urls - {self._me()})
+
+    async def fetch(self, url: str, target: str, headers: Mapping[str, str]) -> Reply:
+        import aiohttp
+
+        try:
+            async with self.app.http_client.get(
+                url + target,
+                headers=dict(headers),
+                timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                kept = {
+                    k: v
+                    for k, v in response.headers.items()
+                    if k in ("Retry-After", "WWW-Authenticate")
+                }
+                return Reply(response.status, body, response.content_type or JSON, kept)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+
+
+def install(app: Any, api: CaseApi) -> None:
+    """Mount every route on the Faust app's web server."""
+    from faust.web import View
+
+    for name, path in ROUTES.items():
+
+        async def get(self: Any, request: Any, _route: str = name, **params: str) -> Any:
+            reply = await api.handle(_route, params, request.query, _lower(request.headers))
+            return _response(self, reply)
+
+        async def post(self: Any, request: Any, _route: str = name, **params: str) -> Any:
+            form = dict(await request.post())
+            reply = await api.handle(_route, params, {}, _lower(request.headers), form)
+            return _response(self, reply)
+
+        methods: dict[str, Any] = {"post": post} if name == "login" else {"get": get}
+        app.page(path, name=f"casewatch_{name}")(type(f"Casewatch_{name}", (View,), methods))
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _response(view: Any, reply: Reply) -> Any:
+    content_type, _, charset = reply.content_type.partition("; charset=")
+    response = view.bytes(
+        reply.body, content_type=content_type, status=reply.status, headers=dict(reply.headers)
+    )
+    if charset:
+        response.charset = charset
+    return response
