@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -75,6 +75,10 @@ class Peers(Protocol):
 
     def others(self) -> list[str]:
         """Every other worker's URL."""
+        ...
+
+    def me(self) -> str:
+        """This worker's URL, as the others reach it."""
         ...
 
     async def fetch(self, url: str, target: str, headers: Mapping[str, str]) -> Reply:
@@ -138,6 +142,8 @@ class CaseApi:
         except Exception:
             log.exception("case API: internal error on %s", route)
             reply = self._error(route, 500, "internal_error", "Casewatch failed on this request")
+        if "Casewatch-Worker" not in reply.headers:  # answered here, not passed on
+            reply = replace(reply, headers={**reply.headers, "Casewatch-Worker": self.peers.me()})
         self.metrics.api_requests.labels(route, str(reply.status)).inc()
         self.metrics.api_latency.labels(route).observe(time.perf_counter() - start)
         return reply
@@ -324,7 +330,7 @@ class FaustPeers:
         self.app = app
         self.table = table
 
-    def _me(self) -> str:
+    def me(self) -> str:
         return str(self.app.conf.canonical_url).rstrip("/")
 
     def owner(self, customer: bytes) -> str | None:
@@ -332,11 +338,11 @@ class FaustPeers:
             url = str(self.app.router.key_store(self.table, customer)).rstrip("/")
         except (KeyError, AttributeError, TypeError):
             return None  # no assignment yet, or the topic's metadata is not known yet
-        return SELF if url == self._me() else url
+        return SELF if url == self.me() else url
 
     def others(self) -> list[str]:
         urls = {str(u).rstrip("/") for u in self.app.assignor.changelog_distribution}
-        return sorted(urls - {self._me()})
+        return sorted(urls - {self.me()})
 
     async def fetch(self, url: str, target: str, headers: Mapping[str, str]) -> Reply:
         import aiohttp
@@ -352,7 +358,7 @@ class FaustPeers:
                 kept = {
                     k: v
                     for k, v in response.headers.items()
-                    if k in ("Retry-After", "WWW-Authenticate")
+                    if k in ("Retry-After", "WWW-Authenticate", "Casewatch-Worker")
                 }
                 return Reply(response.status, body, response.content_type or JSON, kept)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

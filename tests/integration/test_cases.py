@@ -1,0 +1,166 @@
+"""The case status API against the real broker, with two workers in one group: a customer's
+cases are found through either worker, their timelines follow what happens (open, overflow,
+escalation, acknowledgement, resolution), the same timeline is served after the owner is killed
+with SIGKILL, and scopes and errors are enforced."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration import scenario
+from tests.integration.test_detect import casewatch
+from tests.integration.test_route import configure, failed_delivery
+from tests.integration.workers import free_port, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+STAFF, CUSTOMER = "staff-token-1", "customer-token-1"
+TOKENS = {"CASEWATCH_STAFF_TOKENS": STAFF, "CASEWATCH_CUSTOMER_TOKENS": CUSTOMER}
+
+
+def call(port: int, path: str, token: str | None = STAFF) -> tuple[int, Any, dict[str, str]]:
+    """GET a worker's API: status, JSON body (or text), headers."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, body, got = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, body, got = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, orjson.loads(body), got
+    except orjson.JSONDecodeError:
+        return status, body.decode(), got
+
+
+def steps(case: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(s["step"], s["handler"]) for s in case["timeline"]]
+
+
+def cases_of(port: int, customer: str) -> list[dict[str, Any]]:
+    status, body, _ = call(port, f"/v1/customers/{customer}/cases")
+    return list(body["cases"]) if status == 200 else []
+
+
+def test_cases_through_either_worker_as_they_happen_and_after_a_kill(
+    config_file: Path, bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    config = configure(config_file, {"logistics": {"capacity": 1, "resolve_within": "4s"}})
+    env = {
+        **os.environ,
+        **TOKENS,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CASEWATCH_STORE": "memory://",
+    }
+    ports = [free_port(), free_port()]
+    casewatch("topics", "--config", str(config), bootstrap=bootstrap)
+    with (
+        start_worker(config, {**env, "CASEWATCH_API_PORT": str(ports[0])}, tmp_path / "w1") as w1,
+        start_worker(config, {**env, "CASEWATCH_API_PORT": str(ports[1])}, tmp_path / "w2") as w2,
+    ):
+        now = scenario.now()
+        events = [failed_delivery(1, now), failed_delivery(2, now)]
+        casewatch(
+            "produce",
+            str(scenario.write(tmp_path / "two.jsonl", events)),
+            "--config",
+            str(config),
+            bootstrap=bootstrap,
+        )
+
+        # c-1 goes to logistics; c-2 overflows to supervisors (capacity 1); c-1 escalates
+        # to supervisors once 4 s pass open.
+        def escalated() -> bool:
+            return all(
+                [s for s, _ in steps(c)][-1:] == ["escalated"] for c in cases_of(ports[0], "c-1")
+            ) and bool(cases_of(ports[0], "c-1"))
+
+        wait_for("c-1's escalation, through the first worker", escalated, 60)
+        for port in ports:  # the same answer through either worker
+            (first,) = cases_of(port, "c-1")
+            assert first["status"] == "escalated"
+            assert first["handler"] == "supervisors"
+            assert steps(first)[:2] == [("detected", None), ("routed", "logistics")]
+            assert steps(first)[-1] == ("escalated", "supervisors")
+            assert first["evidence"] == ["fail-1"]
+            (second,) = cases_of(port, "c-2")
+            assert [s for s, _ in steps(second)] == ["detected", "overflow"]
+            assert second["handler"] == "supervisors"
+
+        # The supervisors acknowledge, then resolve c-1 with the reference handler app.
+        exception_id = first["exception_id"]
+        for flag, note in (("--ack", "calling the carrier"), ("--resolve", "found at the depot")):
+            casewatch(
+                "handle",
+                "supervisors",
+                "--config",
+                str(config),
+                flag,
+                exception_id,
+                "--note",
+                note,
+                bootstrap=bootstrap,
+            )
+
+        def resolved() -> bool:
+            status, case, _ = call(ports[1], f"/v1/cases/{exception_id}")
+            return status == 200 and case["status"] == "resolved"
+
+        wait_for("c-1's resolution, by case id through the second worker", resolved, 60)
+        _, case, _ = call(ports[1], f"/v1/cases/{exception_id}")
+        assert [s for s, _ in steps(case)][-2:] == ["acknowledged", "resolved"]
+        assert case["timeline"][-2]["note"] == "calling the carrier"
+        assert case["resolved_by"] == "supervisors"
+
+        # The customer's view: words, never evidence, context, notes or handler names.
+        status, mine, _ = call(ports[0], "/v1/customers/c-1/cases", CUSTOMER)
+        assert status == 200
+        (view,) = mine["cases"]
+        assert view["state"] == "resolved"
+        text = orjson.dumps(view).decode()
+        for secret in ("fail-1", "calling the carrier", "supervisors", "logistics", "context"):
+            assert secret not in text
+
+        errors = {
+            "malformed id": call(ports[0], "/v1/cases/not-an-id")[0],
+            "no token": call(ports[0], "/v1/customers/c-1/cases", None)[0],
+            "bad token": call(ports[0], "/v1/customers/c-1/cases", "nope")[0],
+            "customer on the CSR page": call(ports[0], "/cases/customer/c-1", CUSTOMER)[0],
+            "unknown case": call(ports[0], "/v1/cases/" + "0" * 32)[0],
+            "bad status filter": call(ports[0], "/v1/customers/c-1/cases?status=lost")[0],
+        }
+        assert errors == {
+            "malformed id": 400,
+            "no token": 401,
+            "bad token": 401,
+            "customer on the CSR page": 403,
+            "unknown case": 404,
+            "bad status filter": 400,
+        }
+        assert call(ports[1], "/v1/customers/c-nobody/cases")[:2] == (
+            200,
+            {"customer_id": "c-nobody", "cases": []},
+        )
+        status, html, _ = call(ports[1], "/cases/customer/c-1")
+        assert status == 200
+        assert exception_id in html
+        assert "supervisors" in html
+
+        before = {c: cases_of(ports[0], c) for c in ("c-1", "c-2")}
+        # Kill the worker that owns c-1 with SIGKILL; the survivor takes its partitions over
+        # and serves the same timelines, rebuilt from the changelog.
+        served_by = call(ports[0], "/v1/customers/c-1/cases")[2]["Casewatch-Worker"]
+        owner, survivor = (w1, ports[1]) if served_by.endswith(f":{ports[0]}") else (w2, ports[0])
+        owner.kill()
+
+        def served_again() -> bool:
+            return all(cases_of(survivor, c) == before[c] for c in before)
+
+        wait_for("the same timelines from the survivor", served_again, 90)
