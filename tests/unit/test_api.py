@@ -1,0 +1,266 @@
+"""The case API's behaviour (pipeline/runtime/api.py) over a stand-in for the other workers:
+scopes, ids, errors, passing a request on to the owner, and never answering for a customer
+this worker does not own. The real thing, two workers and a broker, is
+tests/integration/test_cases.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.config import load_config
+from pipeline.routers.dispatch import Dispatcher
+from pipeline.runtime.api import FORWARDED, SELF, CaseApi, Reply, Tokens, Unreachable
+from pipeline.runtime.cases import CaseKeeper
+from pipeline.runtime.metrics import Metrics
+
+CONFIG = load_config()
+STAFF, CUSTOMER = "s3cret-staff", "s3cret-customer"
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Msg:
+    key: bytes | None
+    value: bytes | None
+    topic: str = "t"
+    partition: int = 0
+    offset: int = 0
+
+
+@dataclass
+class MemoryTable:
+    data: dict[bytes, bytes] = field(default_factory=dict)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+
+@dataclass
+class Peers:
+    """Which customers this worker owns, and what the others answer."""
+
+    mine: set[bytes] = field(default_factory=set)
+    elsewhere: dict[bytes, str] = field(default_factory=dict)
+    answers: dict[str, Reply | Exception] = field(default_factory=dict)
+    asked: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def owner(self, customer: bytes) -> str | None:
+        return SELF if customer in self.mine else self.elsewhere.get(customer)
+
+    def others(self) -> list[str]:
+        return sorted(self.answers)
+
+    def me(self) -> str:
+        return "http://me:6066"
+
+    async def fetch(self, url: str, target: str, headers: Mapping[str, str]) -> Reply:
+        self.asked.append((url, target, dict(headers)))
+        answer = self.answers[url]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def routed(customer: str, n: int) -> dict[str, Any]:
+    """A failed delivery as the dispatcher routes it (the exception log's record)."""
+    dispatcher = Dispatcher(CONFIG, {})
+    record = {
+        "exception_id": f"{n:032x}",
+        "rule": "delivery_failed",
+        "kind": "match",
+        "status": "open",
+        "severity": "high",
+        "customer_id": customer,
+        "subject": {"order_id": f"o-{n}", "event_id": f"fail-{n}"},
+        "event_time": NOW.isoformat(),
+        "detected_at": NOW.isoformat(),
+        "evidence": [f"fail-{n}"],
+        "context": {"profile": None, "recent_events": [], "open_orders": [], "open_exceptions": []},
+        "rule_version": "v",
+    }
+    (out,) = dispatcher.on_exception(record, NOW.timestamp())
+    return out.record
+
+
+def api(peers: Peers, *records: dict[str, Any]) -> tuple[CaseApi, Metrics]:
+    metrics = Metrics.create()
+    keeper = CaseKeeper(config=CONFIG, metrics=metrics, table=MemoryTable())
+    for r in records:
+        asyncio.run(keeper.record(Msg(r["customer_id"].encode(), orjson.dumps(r))))
+    keeper.ready = True
+    served = CaseApi(
+        config=CONFIG,
+        keeper=keeper,
+        tokens=Tokens(staff=(STAFF,), customer=(CUSTOMER,)),
+        peers=peers,
+        metrics=metrics,
+        clock=lambda: (NOW + timedelta(hours=1)).timestamp(),
+    )
+    return served, metrics
+
+
+def get(
+    served: CaseApi,
+    route: str,
+    token: str | None = STAFF,
+    query: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **params: str,
+) -> Reply:
+    sent = {"authorization": f"Bearer {token}"} if token else {}
+    return asyncio.run(served.handle(route, params, query or {}, {**sent, **(headers or {})}))
+
+
+def body(reply: Reply) -> Any:
+    return orjson.loads(reply.body)
+
+
+def test_a_customers_cases_by_scope() -> None:
+    served, metrics = api(Peers(mine={b"c-1"}), routed("c-1", 1))
+    staff = body(get(served, "customer_cases", customer_id="c-1"))
+    assert [c["evidence"] for c in staff["cases"]] == [["fail-1"]]
+    assert staff["cases"][0]["handler"] == "logistics"
+    mine = body(get(served, "customer_cases", CUSTOMER, customer_id="c-1"))
+    assert mine["customer_id"] == "c-1"
+    (case,) = mine["cases"]
+    text = orjson.dumps(case).decode()
+    assert "o-1" in case["message"]
+    for secret in ("fail-1", "logistics", "context", "evidence"):
+        assert secret not in text
+    nobody = get(served, "customer_cases", customer_id="c-9")
+    assert (nobody.status, body(nobody)) == (503, body(nobody))  # not owned, owner unknown
+    served.peers.mine.add(b"c-9")  # type: ignore[attr-defined]
+    assert body(get(served, "customer_cases", customer_id="c-9")) == {
+        "customer_id": "c-9",
+        "cases": [],
+    }
+    count = metrics.api_requests.labels("customer_cases", "200")._value.get()
+    assert count == 3
+
+
+@pytest.mark.parametrize(
+    ("route", "token", "params", "query", "status", "code"),
+    [
+        ("customer_cases", None, {"customer_id": "c-1"}, {}, 401, "unauthorized"),
+        ("customer_cases", "guess", {"customer_id": "c-1"}, {}, 401, "unauthorized"),
+        ("case", None, {"exception_id": "0" * 32}, {}, 401, "unauthorized"),
+        ("case", STAFF, {"exception_id": "not-hex"}, {}, 400, "bad_id"),
+        ("case", STAFF, {"exception_id": "A" * 32}, {}, 400, "bad_id"),
+        ("customer_cases", STAFF, {"customer_id": "c\x001"}, {}, 400, "bad_id"),
+        ("customer_cases", STAFF, {"customer_id": "x" * 129}, {}, 400, "bad_id"),
+        ("customer_cases", STAFF, {"customer_id": "c-1"}, {"status": "x"}, 400, "bad_status"),
+    ],
+)
+def test_errors_say_what_to_fix(
+    route: str,
+    token: str | None,
+    params: dict[str, str],
+    query: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    served, _ = api(Peers(mine={b"c-1"}), routed("c-1", 1))
+    reply = get(served, route, token, query, **params)
+    assert reply.status == status
+    assert body(reply)["error"] == code
+    assert body(reply)["message"]
+    if status == 401:
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_the_csr_page_is_for_staff_only() -> None:
+    served, _ = api(Peers(mine={b"c-1"}), routed("c-1", 1))
+    assert get(served, "page", CUSTOMER, customer_id="c-1").status == 403
+    page = get(served, "page", customer_id="c-1")
+    assert page.status == 200
+    assert page.content_type.startswith("text/html")
+    assert f"{1:032x}".encode() in page.body
+    unsigned = get(served, "page", None, customer_id="c-1")
+    assert unsigned.status == 401
+    assert b"<form" in unsigned.body  # a sign-in form, not a JSON error
+
+
+def test_sign_in_sets_a_cookie_the_page_accepts_and_the_json_api_does_not() -> None:
+    served, _ = api(Peers(mine={b"c-1"}), routed("c-1", 1))
+    wrong = asyncio.run(served.handle("login", {}, {}, {}, {"token": "guess", "next": "/x"}))
+    assert wrong.status == 401
+    signed = asyncio.run(
+        served.handle("login", {}, {}, {}, {"token": STAFF, "next": "https://evil.example/"})
+    )
+    assert signed.status == 303
+    assert signed.headers["Location"] == "/cases/customer/"  # never a redirect elsewhere
+    cookie = signed.headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in signed.headers["Set-Cookie"]
+    assert get(served, "page", None, headers={"cookie": cookie}, customer_id="c-1").status == 200
+    api_reply = get(served, "customer_cases", None, headers={"cookie": cookie}, customer_id="c-1")
+    assert api_reply.status == 401
+
+
+def test_a_customer_owned_elsewhere_is_passed_on_once_with_the_callers_token() -> None:
+    peers = Peers(
+        elsewhere={b"c-2": "http://other:6066"},
+        answers={"http://other:6066": Reply(200, b'{"customer_id": "c-2", "cases": []}')},
+    )
+    served, _ = api(peers)
+    reply = get(served, "customer_cases", query={"status": "open"}, customer_id="c-2")
+    assert reply.status == 200
+    ((url, target, headers),) = peers.asked
+    assert (url, target) == ("http://other:6066", "/v1/customers/c-2/cases?status=open")
+    assert headers == {"authorization": f"Bearer {STAFF}", FORWARDED: "1"}
+    # A request passed on to a worker that no longer owns the customer is not passed again.
+    moved = get(served, "customer_cases", headers={FORWARDED: "1"}, customer_id="c-2")
+    assert moved.status == 503
+    assert moved.headers["Retry-After"]
+    assert len(peers.asked) == 1
+
+
+def test_an_owner_that_does_not_answer_is_a_503_with_retry_after() -> None:
+    peers = Peers(
+        elsewhere={b"c-2": "http://other:6066"},
+        answers={"http://other:6066": Unreachable("connection refused")},
+    )
+    served, _ = api(peers)
+    reply = get(served, "customer_cases", customer_id="c-2")
+    assert reply.status == 503
+    assert reply.headers["Retry-After"] == "2"
+    assert "try again" in body(reply)["message"]
+
+
+def test_a_case_by_id_here_or_asked_of_every_other_worker() -> None:
+    record = routed("c-1", 1)
+    found = Reply(200, b'{"exception_id": "x"}')
+    missing = Reply(404, b'{"error": "not_found", "message": "no"}')
+    served, _ = api(Peers(mine={b"c-1"}, answers={"http://a": missing}), record)
+    here = get(served, "case", exception_id=record["exception_id"])
+    assert body(here)["exception_id"] == record["exception_id"]
+    assert body(get(served, "case", exception_id="f" * 32))["error"] == "not_found"
+    served, _ = api(Peers(answers={"http://a": missing, "http://b": found}))
+    assert body(get(served, "case", exception_id="f" * 32)) == {"exception_id": "x"}
+    served, _ = api(Peers(answers={"http://a": missing, "http://b": Unreachable("down")}))
+    unsure = get(served, "case", exception_id="f" * 32)
+    assert unsure.status == 503  # the worker that did not answer may hold it
+
+
+def test_a_worker_still_recovering_does_not_answer_from_what_it_has() -> None:
+    served, _ = api(Peers(mine={b"c-1"}), routed("c-1", 1))
+    served.keeper.ready = False
+    reply = get(served, "customer_cases", customer_id="c-1")
+    assert reply.status == 503
+    assert reply.headers["Retry-After"]
+
+
+def test_a_record_read_twice_changes_nothing() -> None:
+    record = routed("c-1", 1)
+    served, _ = api(Peers(mine={b"c-1"}), record, record)
+    (case,) = body(get(served, "customer_cases", customer_id="c-1"))["cases"]
+    assert [s["step"] for s in case["timeline"]] == ["detected", "routed"]
