@@ -14,7 +14,7 @@ RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --gid 10001 --home /var/lib/casewatch casewatch \
     && mkdir -p /var/lib/casewatch && chown casewatch:casewatch /var/lib/casewatch
 USER 10001:10001
-ENV CASEWATCH_STATE_DIR=/var/lib/casewatch CASEWATCH_METRICS_PORT=9464
-EXPOSE 9464
+ENV CASEWATCH_STATE_DIR=/var/lib/casewatch CASEWATCH_METRICS_PORT=9464 CASEWATCH_API_PORT=6066
+EXPOSE 9464 6066
 ENTRYPOINT ["casewatch"]
 CMD ["worker"]

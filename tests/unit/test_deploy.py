@@ -22,6 +22,7 @@ K8S = DEPLOY / "k8s"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "casewatch.json"
 METRICS_PORT = Runtime().metrics_port  # the default every deploy file must agree with
+API_PORT = Runtime().api_port
 WORKERS = ("worker-1", "worker-2")
 # Grafana variables the dashboard may use (tests/integration/test_dashboard.py substitutes them).
 GRAFANA_VARIABLES = {"$__rate_interval", "$__interval", "$__range"}
@@ -41,7 +42,7 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 
 def env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -113,7 +114,7 @@ def test_metrics_port_agrees_across_compose_prometheus_dockerfile_and_kubernetes
     host_ports = set()
     for name in WORKERS:
         assert services[name]["environment"]["CASEWATCH_METRICS_PORT"] == str(METRICS_PORT)
-        (published,) = services[name]["ports"]
+        (published,) = [p for p in services[name]["ports"] if p.endswith(f":{METRICS_PORT}")]
         host, container = published.split(":")
         assert container == str(METRICS_PORT)
         host_ports.add(host)
@@ -132,9 +133,37 @@ def test_metrics_port_agrees_across_compose_prometheus_dockerfile_and_kubernetes
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     (container,) = pod["spec"]["containers"]
     assert env(container)["CASEWATCH_METRICS_PORT"] == str(METRICS_PORT)
-    assert container["ports"] == [{"name": "metrics", "containerPort": METRICS_PORT}]
-    (port,) = k8s()["Service"]["spec"]["ports"]
-    assert (port["port"], port["targetPort"]) == (METRICS_PORT, "metrics")
+    assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
+    ports = {p["name"]: p for p in k8s()["Service"]["spec"]["ports"]}
+    assert (ports["metrics"]["port"], ports["metrics"]["targetPort"]) == (METRICS_PORT, "metrics")
+
+
+def test_the_case_api_port_and_advertised_host_agree_across_compose_dockerfile_and_kubernetes() -> (
+    None
+):
+    services = compose()["services"]
+    for name in WORKERS:
+        environment = services[name]["environment"]
+        assert environment["CASEWATCH_API_PORT"] == str(API_PORT)
+        assert f":{API_PORT}" in " ".join(services[name]["ports"])
+        assert services[name]["hostname"] == name  # the other worker reaches it by this name
+        assert environment["CASEWATCH_STAFF_TOKENS"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"CASEWATCH_API_PORT={API_PORT}" in dockerfile
+    (container,) = k8s()["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert env(container)["CASEWATCH_API_PORT"] == str(API_PORT)
+    service = k8s()["Service"]
+    # each pod is reached by its own name under the headless Service
+    assert service["spec"]["clusterIP"] == "None"
+    host = env(container)["CASEWATCH_API_HOST"]
+    assert (
+        host == f"$(POD_NAME).{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    )
+    assert {"name": "api", "containerPort": API_PORT} in container["ports"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert (ports["api"]["port"], ports["api"]["targetPort"]) == (API_PORT, "api")
+    secret = k8s()["Secret"]["stringData"]
+    assert {"CASEWATCH_STAFF_TOKENS", "CASEWATCH_CUSTOMER_TOKENS"} <= set(secret)
 
 
 def test_compose_prometheus_loads_the_rules_and_grafana_the_dashboard() -> None:
