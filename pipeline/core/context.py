@@ -28,8 +28,8 @@ def context_of(
     detail of the recent event of that time, null when it is no longer among them); recent
     events (newest first, at most 20 within 90 days; those that are evidence with their
     `event_id`); open orders; the customer's other open exceptions. `observed`: the event
-    types the rule's evidence can have (None: any), preferred when recent events share a time. Bounded
-    (docs/routing.md, "Context")."""
+    types the rule's evidence can have (None: any), preferred when recent events share a
+    time. Bounded (docs/routing.md, "Context")."""
     recent = state.recent
     places = _places(recent, evidence, observed)
     ids = {i: event_id for (event_id, _), i in zip(evidence, places, strict=True) if i is not None}
@@ -65,8 +65,8 @@ def _places(
     recent: Recent, evidence: Sequence[tuple[str, float | None]], observed: frozenset[str] | None
 ) -> list[int | None]:
     """For each evidence event, the index of its recent event, or None when none is left of
-    its time. Of several recent events of one time, the first not taken whose type the rule
-    observes, else the first not taken."""
+    its time. Of several recent events of one time, the first not taken of a type in
+    `observed`, else the first not taken."""
     times = [e[0] for e in recent]
     taken: set[int] = set()
     places: list[int | None] = []
