@@ -182,6 +182,24 @@ def sections(root: Node) -> list[Node]:
     return root.find("section", "case")
 
 
+def layout(node: Node) -> list[str]:
+    """The tags of a node's child elements, with their first class."""
+    return [".".join([c.tag, *c.classes[:1]]) for c in node.children if isinstance(c, Node)]
+
+
+CASE_LAYOUT = [
+    "h3",
+    "dl.facts",
+    "h4",
+    "ol.timeline",
+    "p.evidence-ids",
+    "details.profile",
+    "details.recent-events",
+    "details.open-orders",
+    "details.open-exceptions",
+]
+
+
 def facts_pair_up(case: Node) -> bool:
     """Each fact a term and its value: an extra or missing <dd> shifts every row after it."""
     tags = [c.tag for c in only(case, "dl", "facts").children if isinstance(c, Node)]
@@ -219,6 +237,7 @@ def test_a_case_shows_rule_subject_severity_status_handler_age_and_timeline() ->
     assert only(case, "dd", "handler").text() == "supervisors"
     assert only(case, cls="age").text() == "6 h 40 min"
     assert facts_pair_up(case)
+    assert layout(case) == CASE_LAYOUT
     assert [li.attrs["class"] for li in case.find("li")] == [
         "step-detected",
         "step-routed",
@@ -474,6 +493,8 @@ def test_chromium_screenshot_shows_the_styled_page(page_url: str, tmp_path: Path
 @pytest.mark.browser
 def test_chromium_builds_the_cases_as_written(page_url: str) -> None:
     dom = tree(run_chromium(page_url, "--dump-dom").stdout.decode())
+    assert layout(only(dom, "body")) == ["header", "main"]
+    assert layout(only(dom, "header")) == ["h1", "p.profile", "p.meta"]
     main = only(dom, "main")
     cases = sections(dom)
     # Chromium repairs broken markup by nesting what follows an unclosed tag: the case
@@ -483,7 +504,16 @@ def test_chromium_builds_the_cases_as_written(page_url: str) -> None:
         ("case-ex-md-o1", ["case", "open"]),
         ("case-ex-rc-billing", ["case", "closed"]),
     ]
+    # Inside a case, an unclosed tag is closed by </section> and swallows its later siblings.
+    assert [layout(c) for c in cases] == [CASE_LAYOUT, CASE_LAYOUT]
     assert all(facts_pair_up(c) for c in cases)
+    assert all(
+        n.tag == "li"
+        for c in cases
+        for ol in c.find("ol")
+        for n in ol.children
+        if isinstance(n, Node)
+    )
     md = cases[0]
     assert only(md, "dd", "handler").text() == "supervisors"
     assert only(md, "dd", "sla").text() == "overdue by 39 min"
