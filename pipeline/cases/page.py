@@ -86,6 +86,22 @@ def error_page(status: int, message: str) -> str:
     )
 
 
+def login_page(back: str, *, failed: bool = False) -> str:
+    """The CSR page's sign-in: a form that posts a staff token to /cases/login, which keeps it
+    in a cookie and returns to `back` (a browser cannot send a bearer header by itself)."""
+    note = '<p class="failed">That token is not a staff token.</p>' if failed else ""
+    form = (
+        '<form method="post" action="/cases/login">'
+        f'<input type="hidden" name="next" value="{escape(back)}">'
+        '<label>Staff token <input type="password" name="token" autocomplete="current-password"'
+        " required></label> <button>Sign in</button></form>"
+    )
+    return _document(
+        "Sign in",
+        f'<main class="error"><h1>Sign in to see cases</h1>{note}{form}</main>',
+    )
+
+
 def _document(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

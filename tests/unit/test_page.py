@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.cases.page import error_page, render_customer_page, span_text
+from pipeline.cases.page import error_page, login_page, render_customer_page, span_text
 
 T0 = datetime(2026, 3, 2, 22, tzinfo=UTC)
 CHROMIUM = "/usr/bin/chromium"
@@ -526,3 +526,11 @@ def test_chromium_builds_the_cases_as_written(page_url: str) -> None:
     assert "carrier says the parcel is at the depot" in steps[2][1]
     assert "escalated from logistics to supervisors" in steps[3][1]
     assert only(dom, "header").find(cls="name")[0].text() == "Bea Ortiz"
+
+
+def test_the_sign_in_form_posts_the_token_and_escapes_where_it_returns() -> None:
+    html = login_page('/cases/customer/"><script>x</script>', failed=True)
+    assert '<form method="post" action="/cases/login">' in html
+    assert 'name="token"' in html
+    assert "<script>x" not in html
+    assert "not a staff token" in html
