@@ -59,7 +59,7 @@ run: setup
 # test, integration tests included, and stops the broker it started; then the benchmark's smoke
 # runs (bench/run.py, floor.py, logic.py, soak.py: about 3 min) and the short chaos run (about
 # 4 min, on a broker of its own: docs/reliability.md).
-test: setup prometheus
+test: setup prometheus chromium
 	@set -e; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
 	  port=$(TEST_KAFKA_PORT); export CASEWATCH_KAFKA_PORT=$${port:-$$($(BIN)/python tests/ports.py 0 1)}; \
@@ -87,7 +87,18 @@ prometheus:
 	  if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus || true; fi; \
 	}
 
-unit: setup prometheus
+# Chromium (the CSR page's browser test, tests/unit/test_page.py) from Debian's package, installed
+# only when /usr/bin/chromium is missing; no recommends. Without it that test is skipped, except
+# when CI is set, where it fails.
+.PHONY: chromium
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  set -e; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	}
+
+unit: setup prometheus chromium
 	$(BIN)/pytest tests/unit
 
 lint: setup

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.core.context import context_of, evidence_of
 from pipeline.core.models import ExceptionRecord, SourcePosition
 from pipeline.core.rules import build
 from pipeline.core.state import CustomerState
@@ -30,6 +31,7 @@ class _Compiled:
     version: str
     severity: str
     types: frozenset[str] | None  # event types the rule observes (None: all)
+    evidence_types: frozenset[str] | None  # event types its evidence can have (None: all)
     initial: Any  # the detector's initial state: not stored (`_keep`)
     timed: bool  # whether the detector ever has a deadline (Detector.timed)
 
@@ -46,6 +48,7 @@ class Engine:
                 rule.version(),
                 rule.severity,
                 d.types(),
+                d.evidence_types(),
                 d.initial(),
                 getattr(d, "timed", True),
             )
@@ -150,6 +153,16 @@ class Engine:
             source=source,
         )
 
+    def context(self, state: CustomerState, finding: Finding) -> dict[str, Any]:
+        """The record's context (pipeline/core/context.py): the customer as of `state`, and
+        the finding's evidence events found among the recent ones by their times."""
+        return context_of(
+            state,
+            finding.exception_id,
+            evidence_of(finding.evidence, finding.evidence_at),
+            self._by_name[finding.rule].evidence_types,
+        )
+
     def _state(self, rules: Mapping[str, Any], r: _Compiled) -> Any:
         saved = rules.get(r.name)
         if saved is None or saved[0] != r.version:
@@ -162,23 +175,6 @@ RECENT_WINDOW = 90 * 86400.0  # ... within this much event time of the newest
 ORDERS_MAX = 20  # open orders kept per customer (the oldest dropped beyond)
 OPEN_MAX = 20  # open exceptions listed per customer (the oldest dropped beyond)
 _DETAIL = ("order_id", "asset_id", "category", "channel")
-
-
-def context_of(state: CustomerState, exception_id: str | None = None) -> dict[str, Any]:
-    """What a handler sees about the customer when an exception fires: the latest profile,
-    recent events (newest first, at most 20 within 90 days), open orders, and the customer's
-    other open exceptions. Bounded: about 12 KB at the very most (docs/routing.md)."""
-    return {
-        "profile": dict(state.profile) if state.profile else None,
-        "recent_events": [
-            {"occurred_at": _iso(t), "type": kind, "detail": detail}
-            for t, kind, detail in reversed(state.recent)
-        ],
-        "open_orders": [{"order_id": k, **v} for k, v in state.orders.items()],
-        "open_exceptions": [
-            {"exception_id": k, **v} for k, v in state.open.items() if k != exception_id
-        ],
-    }
 
 
 def with_findings(state: CustomerState, findings: list[Finding]) -> CustomerState:
@@ -237,10 +233,6 @@ def _orders(orders: Mapping[str, Any], event: Mapping[str, Any]) -> Mapping[str,
     updated = {k: v for k, v in orders.items() if k != order_id}
     updated[order_id] = entry
     return dict(list(updated.items())[-ORDERS_MAX:])
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _newer(event: Mapping[str, Any], profile: Mapping[str, Any] | None) -> bool:

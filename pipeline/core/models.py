@@ -213,8 +213,17 @@ class ExceptionRecord(_Record):
     subject: dict[str, str] = Field(description='e.g. {"order_id": "o-1"}')
     event_time: AwareDatetime = Field(description="When it fired; for an absence, the deadline.")
     detected_at: AwareDatetime = Field(description="Wall-clock time it was emitted.")
-    evidence: list[str] = Field(description="The event_ids that caused it.")
-    context: dict[str, Any] = Field(default_factory=dict)
+    evidence: list[str] = Field(
+        description="The event_ids that caused it; each is in context.evidence too."
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "The customer as it fired: profile, evidence (per evidence id: event_id, "
+            "occurred_at, type, detail), recent_events (those that are evidence with their "
+            "event_id), open_orders, open_exceptions (docs/contract.md)."
+        ),
+    )
     route: Route | None = None
     rule_version: str = Field(description="A hash of the rule's config.")
     source: SourcePosition | None = Field(default=None, description="Absent in replay.")

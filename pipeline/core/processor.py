@@ -35,7 +35,7 @@ import orjson
 
 from pipeline.config import Config
 from pipeline.core.clock import NEVER, PartitionClock
-from pipeline.core.engine import DeadlineIndex, Engine, context_of, occurred, without_open
+from pipeline.core.engine import DeadlineIndex, Engine, occurred, without_open
 from pipeline.core.errors import InvalidEvent
 from pipeline.core.ingest import decode_event
 from pipeline.core.models import ExceptionRecord, SourcePosition
@@ -315,7 +315,7 @@ class Processor:
             detected = datetime.fromtimestamp(
                 at if wall is not None else max(at, f.event_time), UTC
             )
-            record = self.engine.record(f, detected, source, context_of(state, f.exception_id))
+            record = self.engine.record(f, detected, source, self.engine.context(state, f))
             out.found.append(Found(f, record, clock))
 
     def _keep(

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any
+from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
 
-# Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired, "ev": [ids]};
-# once closed, only {"x": closed at} (closed keys of earlier states also keep "c")
+# Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired,
+# "ev": [[start event id, its time], ...]}; once closed, only {"x": closed at}. A state stored
+# by an earlier version may also keep "c" in closed keys, and ids alone (time unknown) in "ev".
 State = Mapping[str, Mapping[str, Any]]
 
 
@@ -49,6 +50,16 @@ class AbsenceDetector:
     def types(self) -> frozenset[str] | None:
         return None  # any event with the key records its promise and prunes closed keys
 
+    def evidence_types(self) -> frozenset[str] | None:
+        # Its evidence is start and closing events, though it observes every type.
+        found: set[str] = set()
+        for sets in (self.start, self.expect, self.cancel):
+            named = types_of(sets) if sets else frozenset()
+            if named is None:
+                return None
+            found |= named
+        return frozenset(found)
+
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
         k = field_text(event, self.key)
         if not k:
@@ -63,7 +74,7 @@ class AbsenceDetector:
             entry["p"] = epoch(event[self.deadline_field])
         if matches_any(self.start, event):
             entry["s"] = t
-            entry["ev"] = [*entry["ev"], event["event_id"]]
+            entry["ev"] = [*entry["ev"], [event["event_id"], t]]
         if entry.get("s") is not None and not entry["f"]:
             entry["d"] = (
                 entry["p"] + self.grace if entry["p"] is not None else entry["s"] + self.delay
@@ -79,7 +90,7 @@ class AbsenceDetector:
                 findings = (self._finding(k, entry, "open", entry["d"], None),)
                 entry["f"] = True
             if entry["f"]:
-                findings += (self._finding(k, entry, "resolved", t, event["event_id"]),)
+                findings += (self._finding(k, entry, "resolved", t, (event["event_id"], t)),)
             entry = {"x": t}
         pruned = {key: v for key, v in state.items() if not self._forgotten(v, t)}
         return Step({**pruned, k: entry}, findings)
@@ -108,9 +119,19 @@ class AbsenceDetector:
         )
 
     def _finding(
-        self, k: str, entry: Mapping[str, Any], status: str, t: float, extra: str | None
+        self,
+        k: str,
+        entry: Mapping[str, Any],
+        status: str,
+        t: float,
+        extra: tuple[str, float] | None,
     ) -> Finding:
-        evidence = tuple(entry["ev"]) + ((extra,) if extra else ())
+        # An entry stored by an earlier version is the id alone: its time is unknown.
+        evidence: list[tuple[str, float | None]] = [
+            (e, None) if isinstance(e, str) else (e[0], e[1]) for e in entry["ev"]
+        ]
+        if extra:
+            evidence.append(extra)
         return Finding(
             rule=self.rule,
             kind=self.kind,
@@ -119,5 +140,6 @@ class AbsenceDetector:
             subject={self.key: k},
             trigger=entry["d"],
             event_time=t,
-            evidence=evidence,
+            evidence=tuple(e[0] for e in evidence),
+            evidence_at=tuple(e[1] for e in evidence),
         )

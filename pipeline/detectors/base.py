@@ -29,6 +29,11 @@ class Finding:
     trigger: Instant  # window start or deadline: part of the id
     event_time: Instant
     evidence: tuple[str, ...]
+    # The event time of each evidence id, in the same order, so the context can show which
+    # recent events they are. None where the detector does not know it (an absence entry
+    # stored by an earlier version kept its ids only); a detector that gives no times leaves
+    # it empty.
+    evidence_at: tuple[float | None, ...] = ()
 
     @property
     def exception_id(self) -> str:
@@ -71,6 +76,11 @@ class Detector(Protocol[S]):
     def types(self) -> frozenset[str] | None:
         """The event types `observe` can change the state or find something for; None when
         it can for any type. The engine does not call `observe` for the others."""
+        ...
+
+    def evidence_types(self) -> frozenset[str] | None:
+        """The event types a finding's evidence can have; None when any type can be. The
+        context tells evidence events apart from others of the same time by it."""
         ...
 
     def observe(self, state: S, event: Mapping[str, Any], now: Instant) -> Step[S]:

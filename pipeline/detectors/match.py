@@ -26,6 +26,9 @@ class MatchDetector:
     def types(self) -> frozenset[str] | None:
         return types_of(self.when) if self.when else frozenset()  # no `when`: never matches
 
+    def evidence_types(self) -> frozenset[str] | None:
+        return self.types()
+
     def observe(self, state: None, event: Mapping[str, Any], now: Instant) -> Step[None]:
         if not self.when or not matches_any(self.when, event):
             return Step(state)
@@ -43,6 +46,7 @@ class MatchDetector:
             trigger=t,
             event_time=t,
             evidence=(event["event_id"],),
+            evidence_at=(t,),
         )
         return Step(state, (finding,))
 

@@ -41,6 +41,9 @@ class ThresholdDetector:
     def types(self) -> frozenset[str] | None:
         return types_of(self.when)  # an event that does not match changes nothing
 
+    def evidence_types(self) -> frozenset[str] | None:
+        return self.types()
+
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
         if not matches_any(self.when, event):
             return Step(state)
@@ -83,4 +86,5 @@ class ThresholdDetector:
             trigger=inside[0][0],
             event_time=t,
             evidence=tuple(str(e[1]) for e in inside),
+            evidence_at=tuple(float(e[0]) for e in inside),
         )

@@ -51,7 +51,8 @@ class Handler(BaseModel):
     overflow: str | None = None
     escalate_to: str | None = None
     # Fields this handler must not see, as dotted paths into the record (`*` for every list
-    # item or key), e.g. context.profile.name, context.recent_events.*.detail
+    # item or key), e.g. context.profile.name, context.recent_events.*.detail (which holds for
+    # the same events in context.evidence too)
     redact: list[str] = []
 
 
@@ -242,13 +243,20 @@ def _did_you_mean(word: str, known: Sequence[str]) -> str:
 REDACTED = "[redacted]"
 
 
+_RECENT, _EVIDENCE = "context.recent_events", "context.evidence"
+
+
 def redact(record: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
-    """A copy of `record` with the values at `paths` replaced by "[redacted]"."""
+    """A copy of `record` with the values at `paths` replaced by "[redacted]". A path into
+    the recent events holds for the evidence events too (`context.recent_events.*.detail`
+    blanks `context.evidence.*.detail`): they are the same events, listed twice."""
     if not paths:
         return record
     copy: dict[str, Any] = _copy(record)
     for path in paths:
         _blank(copy, path.split("."))
+        if path == _RECENT or path.startswith(_RECENT + "."):
+            _blank(copy, (_EVIDENCE + path.removeprefix(_RECENT)).split("."))
     return copy
 
 

@@ -64,6 +64,7 @@ def test_fires_at_promise_plus_grace_and_not_a_second_before() -> None:
         at(52).timestamp(),
     )
     assert found.evidence == ("e-2",)
+    assert found.evidence_at == (at(10).timestamp(),)
 
 
 def test_a_later_promise_on_shipping_moves_the_deadline() -> None:
@@ -87,6 +88,7 @@ def test_a_late_delivery_resolves_the_same_exception() -> None:
     assert (opened.status, resolved.status) == ("open", "resolved")
     assert opened.exception_id == resolved.exception_id
     assert resolved.evidence == ("e-2", "e-3")
+    assert resolved.evidence_at == (at(10).timestamp(), at(70).timestamp())
 
 
 def test_a_delivery_after_the_deadline_before_the_clock_fired_opens_and_resolves() -> None:
@@ -128,3 +130,30 @@ def test_a_key_that_fired_and_never_closed_is_forgotten_after_forget_after() -> 
     other = {**ev(4, "order.placed", later), "order_id": "o-3"}
     gone = MISSING.observe(kept, other, other["occurred_at"].timestamp()).state
     assert set(gone) == {"o-2", "o-3"}
+
+
+def test_a_state_stored_by_an_earlier_version_keeps_its_ids_with_times_unknown() -> None:
+    """Before evidence times, "ev" held the start events' ids alone. Such a state still fires
+    and resolves with every id; the ids stored then have no time, those seen since have one."""
+    old = {
+        "o-1": {
+            "c": "c-1",
+            "p": None,
+            "s": at(10).timestamp(),
+            "d": at(82).timestamp(),
+            "f": False,
+            "ev": ["e-2"],
+        }
+    }
+    reshipped = ev(4, "order.shipped", 20)
+    state = MISSING.observe(old, reshipped, at(20).timestamp()).state
+    (opened,) = MISSING.fire(state, at(92).timestamp()).findings
+    assert opened.evidence == ("e-2", "e-4")
+    assert opened.evidence_at == (None, at(20).timestamp())
+    state = MISSING.fire(state, at(92).timestamp()).state
+    (resolved,) = MISSING.observe(
+        state, ev(5, "order.delivered", 100), at(100).timestamp()
+    ).findings
+    assert (resolved.status, resolved.exception_id) == ("resolved", opened.exception_id)
+    assert resolved.evidence == ("e-2", "e-4", "e-5")
+    assert resolved.evidence_at == (None, at(20).timestamp(), at(100).timestamp())

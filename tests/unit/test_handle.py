@@ -161,6 +161,10 @@ def test_an_exception_past_resolve_within_says_late_unless_resolved() -> None:
             "-",
         ),
         ({"recent_events": [{"type": "order.placed", "occurred_at": "x"}]}, "1 recent event"),
+        (
+            {"recent_events": [{"event_id": "e-2"}, {"type": "order.placed"}, {"event_id": "e-1"}]},
+            "3 recent events (2 evidence)",
+        ),
         ({"profile": "gold", "recent_events": "many", "open_exceptions": [None, 3]}, "-"),
         ({"open_orders": [{"order_id": "o-9", "value": None}]}, "1 open order"),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ def test_a_failed_delivery_is_an_exception_about_its_order() -> None:
     (found,) = FAILED.observe(None, ev(type="order.delivery_failed", order_id="o-1"), 0.0).findings
     assert found.subject == {"order_id": "o-1", "event_id": "e-1"}
     assert found.evidence == ("e-1",)
+    assert found.evidence_at == (datetime(2026, 3, 1, 10, tzinfo=UTC).timestamp(),)
 
 
 def test_other_events_are_not() -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import load_config
@@ -112,6 +114,15 @@ def live(
 ) -> tuple[list[tuple[str, str, str]], Worker, Table]:
     """The worker over `lines`, one batch, each keyed by its customer: the (exception id,
     status) it sends to dispatch, in order."""
+    sent, w, table = live_records(lines, topics, stored)
+    return [(x["rule"], x["exception_id"], x["status"]) for x in sent], w, table
+
+
+def live_records(
+    lines: list[bytes], topics: list[str] | None = None, stored: dict[bytes, bytes] | None = None
+) -> tuple[list[dict[str, Any]], Worker, Table]:
+    """The worker over `lines`, one batch, each keyed by its customer: the exception records
+    it sends to dispatch, in order."""
     log: list[tuple[str, str]] = []
     w, dispatch, table = worker(log)
     table.data.update(stored or {})
@@ -128,8 +139,7 @@ def live(
         )
     ]
     asyncio.run(w.batch(records))
-    sent = [orjson.loads(r.value or b"")["exception"] for r in dispatch.records]
-    return [(x["rule"], x["exception_id"], x["status"]) for x in sent], w, table
+    return [orjson.loads(r.value or b"")["exception"] for r in dispatch.records], w, table
 
 
 def replayed(
@@ -265,3 +275,124 @@ def test_after_a_restart_an_input_with_unread_records_holds_the_clock() -> None:
     assert held == [[], [], []]
     (found,) = after.tick(0, t + 95, unread=()).found
     assert found.finding.rule == "missing_delivery"
+
+
+def complaint(event_id: str, hours: float, customer: str) -> bytes:
+    return ev(
+        event_id,
+        "interaction.complaint",
+        hours,
+        customer,
+        channel="call",
+        category="noise/neighbours",
+    )
+
+
+def placed(event_id: str, hours: float, customer: str, order: str) -> bytes:
+    value = {"amount": "5.00", "currency": "EUR"}
+    return ev(event_id, "order.placed", hours, customer, order_id=order, value=value)
+
+
+# Each kind of finding, with recent events of the same time as its evidence where the rule's
+# types tell them apart: the records expected, and the input (the other customer c-b moves
+# the clock past c-1's deadline on both inputs).
+EVIDENCE_CASES = {
+    "match": (
+        [("delivery_failed", "open")],
+        [
+            contact("x1", 1, "c-1"),
+            ev("f1", "order.delivery_failed", 1, "c-1", order_id="o-1", reason="not found"),
+        ],
+    ),
+    "threshold": (
+        [("complaint_cluster", "open")],
+        [
+            complaint("k1", 1, "c-1"),
+            contact("x1", 1.5, "c-1"),
+            complaint("k2", 2, "c-1"),
+            complaint("k3", 3, "c-1"),
+        ],
+    ),
+    "absence opened by the clock": (
+        [("missing_delivery", "open")],
+        [
+            placed("p1", 0, "c-1", "o-1"),
+            shipped("s1", "c-1", "o-1"),
+            contact("b1", 10, "c-b"),
+            placed("b2", 10, "c-b", "o-b"),
+        ],
+    ),
+    "absence resolved by its closing event": (
+        [("missing_delivery", "open"), ("missing_delivery", "resolved")],
+        [
+            placed("p1", 0, "c-1", "o-1"),
+            shipped("s1", "c-1", "o-1"),
+            contact("b1", 10, "c-b"),
+            placed("b2", 10, "c-b", "o-b"),
+            contact("x1", 11, "c-1"),
+            ev("d1", "order.delivered", 11, "c-1", order_id="o-1"),
+        ],
+    ),
+}
+
+
+def iso(line: bytes) -> tuple[str, str]:
+    """An input line's type and time as the context writes them."""
+    data = orjson.loads(line)
+    at = datetime.fromisoformat(data["occurred_at"]).astimezone(UTC)
+    return data["type"], at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("case", list(EVIDENCE_CASES))
+def test_every_evidence_id_is_in_the_context_with_its_type_and_time(case: str) -> None:
+    """A handler reading a record can tell which of the customer's events made it: each id of
+    `evidence` is in `context.evidence`, with its event's type and time, and the recent
+    events that are evidence carry their ids (the others none), live and in replay."""
+    expected, lines = EVIDENCE_CASES[case]
+    truth = {orjson.loads(line)["event_id"]: iso(line) for line in lines}
+    ours, _, _ = live_records(lines)
+    theirs, _ = replayed(lines)
+    r = Replay(CONFIG, errors=io.StringIO())
+    replay_records = [x.model_dump(mode="json") for x in r.feed(lines) if x.status != "escalated"]
+    assert [(x["rule"], x["status"]) for x in ours] == expected
+    assert [(x["rule"], x["status"]) for x in replay_records] == expected
+    assert [(x["rule"], x["exception_id"], x["status"]) for x in ours] == theirs
+    for record in ours + replay_records:
+        context = record["context"]
+        assert [e["event_id"] for e in context["evidence"]] == record["evidence"]
+        for e in context["evidence"]:
+            assert (e["type"], e["occurred_at"]) == truth[e["event_id"]], record
+        tagged = {
+            e["event_id"]: (e["type"], e["occurred_at"])
+            for e in context["recent_events"]
+            if "event_id" in e
+        }
+        assert tagged == {i: truth[i] for i in record["evidence"]}
+
+
+def test_an_absence_stored_before_evidence_times_still_names_its_evidence() -> None:
+    """A customer state written by an earlier version (the absence rule's start events as ids
+    alone): the late delivery still opens and resolves the exception with both ids; the
+    shipment's time is unknown, so the context gives its id alone, and the delivery in full."""
+    _, before = replayed([shipped("s1", "c-1", "o-1")])
+    state = CustomerState.from_bytes(before.states[b"c-1"])
+    version, entries = state.rules["missing_delivery"]
+    assert entries["o-1"]["ev"] == [["s1", T0.timestamp()]]  # what this version stores
+    old = {"o-1": {**entries["o-1"], "ev": ["s1"]}}
+    stored = replace(state, rules={**state.rules, "missing_delivery": [version, old]}).to_bytes()
+    delivered = ev("d1", "order.delivered", 10, "c-1", order_id="o-1")
+    r = Replay(CONFIG, errors=io.StringIO())
+    r.states[b"c-1"] = stored
+    opened, resolved = (x for x in r.feed([delivered]) if x.status != "escalated")
+    assert (opened.status, resolved.status) == ("open", "resolved")
+    assert opened.evidence == ["s1"]
+    assert opened.context["evidence"] == [
+        {"event_id": "s1", "occurred_at": None, "type": None, "detail": None}
+    ]
+    assert resolved.evidence == ["s1", "d1"]
+    assert resolved.context["evidence"][1] == {
+        "event_id": "d1",
+        "occurred_at": "2026-03-01T19:00:00Z",
+        "type": "order.delivered",
+        "detail": "o-1",
+    }

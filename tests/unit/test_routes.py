@@ -165,6 +165,28 @@ def test_redaction_blanks_the_named_fields_and_only_those() -> None:
     assert record["context"]["profile"]["name"] == "Ana Lopez"  # the original is untouched
 
 
+def test_a_redaction_of_recent_events_holds_for_the_same_events_in_the_evidence() -> None:
+    """A handler that must not see recent events' details does not see them in the evidence
+    list either; the evidence ids and times stay."""
+    from pipeline.routers.tree import redact
+
+    event = {"event_id": "e-1", "occurred_at": "2026-03-01T10:00:00Z", "type": "a"}
+    record = {
+        "evidence": ["e-1"],
+        "context": {
+            "evidence": [{**event, "detail": "flat 3"}],
+            "recent_events": [{**event, "detail": "flat 3"}, {"type": "b", "detail": "x"}],
+        },
+    }
+    private = redact(record, ["context.recent_events.*.detail"])
+    assert private["context"]["evidence"] == [{**event, "detail": "[redacted]"}]
+    assert [e["detail"] for e in private["context"]["recent_events"]] == ["[redacted]"] * 2
+    assert private["evidence"] == ["e-1"]
+    hidden = redact(record, ["context.recent_events"])["context"]
+    assert hidden == {"evidence": "[redacted]", "recent_events": "[redacted]"}
+    assert redact(record, ["context.evidence.*.type"])["context"]["recent_events"][0]["type"] == "a"
+
+
 def test_the_maintenance_contractor_does_not_see_the_tenants_name() -> None:
     import io
 

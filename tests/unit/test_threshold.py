@@ -73,6 +73,7 @@ def test_fires_once_then_again_only_after_its_evidence_left_the_window() -> None
     assert len(found) == 2
     # At day 16 the first evidence (days 0-2) has left; days 3, 10 and 16 are a new cluster.
     assert found[1].evidence == ("e-3", "e-4", "e-10")
+    assert found[1].evidence_at == tuple((T0 + timedelta(days=d)).timestamp() for d in (3, 10, 16))
 
 
 def test_negative_contacts_count_as_complaints_and_neutral_ones_do_not() -> None:
@@ -91,6 +92,7 @@ def test_negative_contacts_count_as_complaints_and_neutral_ones_do_not() -> None
 def test_out_of_order_events_count_in_their_own_window() -> None:
     (found,) = run(REPEAT, [leak(2, 8), leak(1, 0)])
     assert found.evidence == ("e-1", "e-2")
+    assert found.evidence_at == (T0.timestamp(), (T0 + timedelta(days=8)).timestamp())
 
 
 def test_exception_id_is_deterministic_and_depends_on_the_trigger() -> None:

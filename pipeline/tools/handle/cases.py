@@ -145,11 +145,15 @@ def subject(record: ExceptionRecord) -> str:
 
 
 def glance(record: ExceptionRecord) -> str:
-    """The context at a glance: `3 recent events, 1 open order 89.00 EUR, 2 other open`.
+    """The context at a glance: `3 recent events (2 evidence), 1 open order 89.00 EUR, 2
+    other open` (evidence: the recent events that made the exception, which carry their id).
     Every context key may be missing or null; a malformed one counts as missing."""
     ctx, parts = record.context, []
     if events := _dicts(ctx.get("recent_events")):
-        parts.append(_plural(len(events), "recent event"))
+        evidence = sum(1 for e in events if e.get("event_id"))
+        parts.append(
+            _plural(len(events), "recent event") + (f" ({evidence} evidence)" if evidence else "")
+        )
     if orders := _dicts(ctx.get("open_orders")):
         parts.append(f"{_plural(len(orders), 'open order')} {_totals(orders)}".rstrip())
     others = [
