@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import subprocess
 import sys
 import time
@@ -112,7 +113,14 @@ class Demo:
         demo_config(self.config_path, self.prefix)
         self.config = load_config(self.config_path)
         self.commands = follow_commands(self.config_path, self.bootstrap, "logistics")
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
+        # The case API's staff token: the user's own, or one for this run.
+        token = os.environ.get("CASEWATCH_STAFF_TOKENS", "").split(",")[0].strip()
+        token = token or f"demo-{secrets.token_urlsafe(12)}"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CASEWATCH_STAFF_TOKENS": os.environ.get("CASEWATCH_STAFF_TOKENS") or token,
+        }
         topics = subprocess.run(
             [sys.executable, "-m", "pipeline", "topics", "--config", str(self.config_path)],
             capture_output=True,
@@ -134,6 +142,14 @@ class Demo:
                     "CASEWATCH_STATE_DIR": str(self.folder / f"worker-{i + 1}"),
                 },
             )
+
+        # The first round's lost modem (pipeline/tools/demo/traffic.py): its customer's cases.
+        api = f"http://127.0.0.1:{self.api_ports[0]}"
+        self.commands += [
+            f"{api}/cases/customer/ana-1 (the CSR page of the customer whose modem never "
+            f"arrived; sign in with the staff token {token})",
+            f"CASEWATCH_TOKEN={token} casewatch status ana-1 --url {api}",
+        ]
 
     def check(self) -> None:
         """Raise DemoError when a worker has exited."""
