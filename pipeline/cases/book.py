@@ -178,8 +178,8 @@ def apply_resolution(
 ) -> Book:
     """One handler's resolution. Only `acknowledged` adds a step; a note goes on the step."""
     waiting = Pending(
-        str(resolution["exception_id"]),
-        str(resolution["handler"]),
+        str(resolution["exception_id"])[:128],
+        str(resolution["handler"])[:MAX_REASON],
         str(resolution["status"]),
         _epoch(resolution["at"]),
         _cut(resolution.get("note"), MAX_NOTE),
@@ -351,17 +351,19 @@ def _bounded(book: Book, retention_s: float, max_cases: int) -> Book:
     horizon = book.clock - retention_s
     drop = [c for c in book.cases.values() if not c.is_open and c.last < horizon]
     expired = {c.exception_id for c in drop}
+    pending = tuple(p for p in book.pending if p.at >= horizon)[-MAX_PENDING:]
     ranked = sorted(
         (c for c in book.cases.values() if c.exception_id not in expired),
         key=lambda c: (c.is_open, c.last if not c.is_open else c.detected_at, c.exception_id),
     )
-    sizes = {c.exception_id: len(_encode(c)) for c in ranked}
+    # Each case's bytes with its key in the map; the rest (pending, times, headers) apart.
+    sizes = {c.exception_id: len(_encode(c)) + len(c.exception_id) + 5 for c in ranked}
+    budget = MAX_BYTES - len(_encode(pending)) - 64
     total = sum(sizes.values())
-    while ranked and (len(ranked) > max_cases or total > MAX_BYTES - 4096):
+    while ranked and (len(ranked) > max_cases or total > budget):
         gone = ranked.pop(0)
         drop.append(gone)
         total -= sizes[gone.exception_id]
-    pending = tuple(p for p in book.pending if p.at >= horizon)[-MAX_PENDING:]
     if not drop and pending == book.pending:
         return book
     dropped = {c.exception_id for c in drop}
