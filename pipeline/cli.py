@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"casewatch {__version__}")
     sub = p.add_subparsers(title="commands")
 
-    s = sub.add_parser("schemas", help="write the contract's JSON Schema files")
+    s = sub.add_parser(
+        "schemas", help="write the contract's JSON Schema files and the case API's OpenAPI document"
+    )
     s.add_argument("--out", default=None, help="folder (default: the repo's schemas/)")
     s.set_defaults(func=_schemas)
 

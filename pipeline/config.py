@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from pipeline.cases.messages import problems as wording_problems
 from pipeline.core.durations import Duration, parse_duration
 from pipeline.core.errors import ConfigError
 from pipeline.core.rules import Rule
@@ -37,6 +38,9 @@ DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "casewatch.yaml"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_Words = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
 
 class PipelineSettings(_Section):
@@ -94,6 +98,29 @@ class TopicSettings(_Section):
     dlq_retention: Duration = timedelta(days=30)
 
 
+class CaseStates(_Section):
+    """The words a customer reads for each state of a case (`resolved` may use
+    {resolved_on}, the date: `7 December 2026`)."""
+
+    noticed: _Words = "We noticed"
+    on_it: _Words = "We are on it"
+    escalated: _Words = "Escalated to a senior team"
+    resolved: _Words = "Resolved on {resolved_on}"
+
+
+class CasesSettings(_Section):
+    """The case view (docs/cases.md): how long closed cases stay, how many per customer, and
+    the words customers read. Templates are `str.format` text checked at load
+    (pipeline/cases/messages.py); they are kept out of the rules, whose config hash is their
+    version."""
+
+    retention: Duration | None = None  # closed cases, after their last step; None: topics.retention
+    max_per_customer: int = Field(default=50, ge=1, le=200)
+    messages: dict[str, _Words] = {}  # rule name -> template
+    default_message: _Words = "We noticed a problem on {detected_at} and are looking into it."
+    states: CaseStates = CaseStates()
+
+
 class Config(_Section):
     """The whole config file."""
 
@@ -103,6 +130,7 @@ class Config(_Section):
     rules: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], Rule] = {}
     handlers: dict[str, Handler] = {"triage": Handler()}
     route: RouteNode = RouteNode(handler="triage")
+    cases: CasesSettings = CasesSettings()
     _tree: tuple[Route, list[str]] | None = PrivateAttr(default=None)
 
     def router(self) -> Route:
@@ -112,6 +140,10 @@ class Config(_Section):
     def handler_topic(self, name: str) -> str:
         """The Kafka topic of a handler: its `topic`, or the prefix + its name."""
         return self.handlers[name].topic or f"{self.topics.handler_prefix}{name}"
+
+    def case_retention(self) -> timedelta:
+        """How long a closed case stays in the case view: `cases.retention`, else the topics'."""
+        return self.cases.retention or self.topics.retention
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -159,7 +191,7 @@ def _load(file: Path) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(str(file), describe(exc.errors(include_url=False), Config)) from None
-    problems = _compiled(config)[1]
+    problems = _compiled(config)[1] + wording_problems(config.cases, config.rules)
     if problems:
         raise ConfigError(str(file), problems)
     return config

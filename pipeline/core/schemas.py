@@ -1,4 +1,5 @@
-"""JSON Schema for the contract, generated from `pipeline.core.models` (the single source)."""
+"""JSON Schema for the contract, generated from `pipeline.core.models` (the single source), and
+the case API's OpenAPI document, generated from `pipeline.cases.api`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
+from pipeline.cases.api import openapi
 from pipeline.core.models import DeadLetter, Event, ExceptionRecord, Resolution
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -29,8 +31,13 @@ def generate() -> dict[str, bytes]:
             "$id": _BASE + name,
             **schema,
         }
-        out[name] = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        out[name] = _stable(schema)
+    out["cases-api.openapi.json"] = _stable(openapi())
     return out
+
+
+def _stable(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:

@@ -34,6 +34,7 @@ def test_schemas_writes_every_file(tmp_path: Path) -> None:
     result = run("schemas", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cases-api.openapi.json",
         "dead-letter-headers.schema.json",
         "event.schema.json",
         "exception-record.schema.json",

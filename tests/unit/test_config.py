@@ -266,3 +266,64 @@ def test_a_rule_that_only_the_root_can_take_is_a_warning(
 
 def test_the_shipped_config_has_nothing_to_warn_about() -> None:
     assert review(load_config(REPO / "casewatch.yaml")) == ([], [])
+
+
+FIELDS = "{order_id}, {event_id}, {rule}, {detected_at}, {routed_at}, {due}, {resolved_at}"
+
+
+@pytest.mark.parametrize(
+    ("wording", "expected"),
+    [
+        (
+            "  messages:\n    delivery_failed: 'Order {oder_id} failed'\n",
+            "cases.messages.delivery_failed: unknown field {oder_id}: did you mean {order_id}? "
+            f"the fields it may use: {FIELDS}",
+        ),
+        (
+            "  messages:\n    delivery_faild: 'Order {order_id} failed'\n",
+            "cases.messages.delivery_faild: no rule 'delivery_faild' under 'rules': did you mean "
+            "'delivery_failed'? a message belongs to a rule (rules: delivery_failed)",
+        ),
+        (
+            "  messages:\n    delivery_failed: 'Order {order_id failed'\n",
+            "cases.messages.delivery_failed: not a valid template (expected '}' before end of "
+            "string): write fields as {name}, and a brace that is meant as text as {{ or }}",
+        ),
+        (
+            "  messages:\n    delivery_failed: 'by {due:%d %B}'\n",
+            "cases.messages.delivery_failed: {due:%d %B} has a conversion or a format spec: write "
+            "the field alone, {due} (times are already written for people)",
+        ),
+        (
+            "  default_message: 'Order {order_id}'\n",
+            "cases.default_message: unknown field {order_id}: the fields it may use: {rule}, "
+            "{detected_at}, {routed_at}, {due}, {resolved_at}",
+        ),
+        (
+            "  states:\n    resolved: 'Closed {resolved_at}'\n",
+            "cases.states.resolved: unknown field {resolved_at}: did you mean {resolved_on}? the "
+            "fields it may use: {resolved_on}",
+        ),
+        ("  max_per_customer: 0\n", "cases.max_per_customer: expected at least 1, got 0"),
+    ],
+)
+def test_customer_wording_is_checked_at_load(tmp_path: Path, wording: str, expected: str) -> None:
+    text = (
+        "rules:\n  delivery_failed:\n    kind: match\n    when: ['type = order.delivery_failed']\n"
+        "    subject: [order_id]\ncases:\n" + wording
+    )
+    assert problems(tmp_path, text) == [expected]
+
+
+def test_customer_wording_is_not_part_of_a_rules_version(tmp_path: Path) -> None:
+    rule = "rules:\n  late:\n    kind: match\n    when: ['type = order.cancelled']\n"
+    plain = load(tmp_path, rule)
+    worded = load(tmp_path, rule + "cases:\n  messages:\n    late: 'Sorry about {event_id}'\n")
+    assert worded.rules["late"].version() == plain.rules["late"].version()
+    assert worded.cases.messages == {"late": "Sorry about {event_id}"}
+
+
+def test_case_retention_defaults_to_the_topics() -> None:
+    shipped = load_config(REPO / "casewatch.yaml")
+    assert shipped.case_retention() == timedelta(days=7)
+    assert set(shipped.cases.messages) == set(shipped.rules)

@@ -1,6 +1,6 @@
 """The package's wings keep their import directions (docs/architecture.md, "The package layout"):
-the core and the detectors know nothing of Faust and Kafka, and the runtime nothing of the
-tools. Read from the source with `ast`, so an import inside a function or under
+the core, the detectors and the case view know nothing of Faust and Kafka, and the runtime
+nothing of the tools. Read from the source with `ast`, so an import inside a function or under
 TYPE_CHECKING counts too."""
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def offences(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("folder", ["core", "detectors"])
-def test_core_and_detectors_import_no_faust_kafka_runtime_or_tools(folder: str) -> None:
+@pytest.mark.parametrize("folder", ["core", "detectors", "cases"])
+def test_core_detectors_and_cases_import_no_faust_kafka_runtime_or_tools(folder: str) -> None:
     assert offences(folder, (*FAUST_AND_KAFKA, "pipeline.runtime", "pipeline.tools")) == []
 
 
@@ -64,7 +64,8 @@ def test_importing_the_core_loads_no_faust_or_kafka() -> None:
     # The direct imports above do not see an indirect one: the core reads pipeline.config,
     # which reads the Kafka security settings of pipeline.runtime.security.
     code = (
-        "import sys, pipeline.core.processor, pipeline.core.schemas, pipeline.detectors.absence; "
+        "import sys, pipeline.core.processor, pipeline.core.schemas, pipeline.detectors.absence, "
+        "pipeline.cases.book; "
         f"print(sorted({{m for m in sys.modules if m.split('.')[0] in {FAUST_AND_KAFKA!r}}}))"
     )
     out = subprocess.run(

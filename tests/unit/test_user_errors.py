@@ -184,6 +184,17 @@ CASES = [
         "'absense': did you mean 'absence'? (known: absence, match, threshold)",
         files={"kind.yaml": ONE_RULE.replace("match\n", "absense\n").encode()},
     ),
+    Case(
+        "a customer message naming a field the rule does not have",
+        ["check", "--config", "{tmp}/words.yaml"],
+        2,
+        "casewatch: invalid config {tmp}/words.yaml: cases.messages.late: unknown field "
+        "{{order}}: the fields it may use: {{event_id}}, {{rule}}, {{detected_at}}, "
+        "{{routed_at}}, {{due}}, {{resolved_at}}",
+        files={
+            "words.yaml": (ONE_RULE + "cases:\n  messages:\n    late: 'Order {order}'\n").encode()
+        },
+    ),
 ]
 
 
