@@ -216,7 +216,8 @@ class CaseApi:
         now = self.clock()
         if route == "page":
             staff = [views.staff_view(c, self.config, now) for c in found]
-            return Reply(200, page.render_customer_page(customer_id, staff, now).encode(), HTML)
+            html = page.render_customer_page(customer_id, staff, now, days=_days(self.config))
+            return Reply(200, html.encode(), HTML)
         shown = [self._view(c, scope, now) for c in found]
         return Reply(200, orjson.dumps({"customer_id": customer_id, "cases": shown}))
 
@@ -318,8 +319,7 @@ def _target(path: str, query: Mapping[str, str]) -> str:
 
 
 def _days(config: Config) -> int:
-    retention = config.cases.retention or config.topics.retention
-    return max(1, round(retention.total_seconds() / 86400))
+    return max(1, round(config.case_retention().total_seconds() / 86400))
 
 
 class FaustPeers:

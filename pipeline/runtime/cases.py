@@ -42,9 +42,8 @@ class CaseKeeper:
     ready: bool = False
 
     def __post_init__(self) -> None:
-        retention = self.config.cases.retention or self.config.topics.retention
         self._limits: dict[str, Any] = {
-            "retention_s": retention.total_seconds(),
+            "retention_s": self.config.case_retention().total_seconds(),
             "max_cases": self.config.cases.max_per_customer,
         }
 
