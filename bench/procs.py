@@ -75,6 +75,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    api_port: int = 0  # its case API
 
     @classmethod
     def start(
@@ -85,24 +86,26 @@ class Worker:
         name: str,
         store: str,
         program: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Worker:
         """`program` (default `python -m pipeline`) `worker --config F`; another program, e.g.
         `python -m pyinstrument -o prof.html -m pipeline`, profiles the worker."""
-        port = free_port()
+        port, api_port = free_port(), free_port()
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CASEWATCH_STORE": store,
             "CASEWATCH_METRICS_PORT": str(port),
-            "CASEWATCH_API_PORT": str(free_port()),
+            "CASEWATCH_API_PORT": str(api_port),
             "CASEWATCH_API_HOST": "127.0.0.1",
             "CASEWATCH_STATE_DIR": str(folder / f"{name}-state"),
+            **(extra_env or {}),
         }
         log = folder / f"{name}.log"
         cmd = [*(program or [sys.executable, "-m", "pipeline"]), "worker", "--config", str(config)]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=REPO)
-        return cls(proc, port, log)
+        return cls(proc, port, log, api_port)
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,267 @@
+"""The case API under load: one worker taking live events at a share of its peak answers a
+realistic mix of case requests at a fixed rate; the figures are the answers' latency.
+
+    .venv/bin/python bench/api.py                       # 2,800 events/s, 500 requests/s, 60 s
+    .venv/bin/python bench/api.py --smoke               # seconds, what CI runs; exit 1 on errors
+    .venv/bin/python bench/api.py --rate 2800 --requests 500 --seconds 60 --out FILE
+
+The broker: KAFKA_BOOTSTRAP_SERVERS, else a local one of the run's own (as bench/run.py).
+
+1. seed: live events (bench/workload.py's paced workload, every default rule) for `--seed`
+   seconds, so customers have cases; the exception log says which customers and cases exist;
+2. measure: for `--seconds`, the same event rate goes on while another process sends
+   `--requests` per second on a fixed schedule (open loop: a request is timed from when it was
+   due, so a stalled server shows as latency, not as fewer requests). The mix: a customer's
+   cases as staff JSON (50%), as the customer's view (25%), one case by id (15%), the CSR page
+   (10%); a fifth of the customers asked about have no cases.
+
+Prints and writes (default bench/results/api-latest.json) the latency quantiles overall and by
+route, the statuses, the request and event rates achieved and the worker's processing latency
+and CPU over the same window. docs/cases.md shows the committed figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson
+
+from bench import loader, workload
+from bench.procs import (
+    BenchError,
+    Worker,
+    buckets,
+    create_topics,
+    delta,
+    quantile,
+    stop,
+    total,
+    up,
+    wait_for,
+    write_config,
+)
+from bench.run import broker
+
+TOKENS = {"CASEWATCH_STAFF_TOKENS": "bench-staff", "CASEWATCH_CUSTOMER_TOKENS": "bench-customer"}
+MIX = (("staff_list", 0.50), ("customer_list", 0.25), ("case", 0.15), ("page", 0.10))
+OUT = Path(__file__).resolve().parent / "results" / "api-latest.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=2800.0, help="events per second (default 2800)")
+    p.add_argument("--requests", type=float, default=500.0, help="requests per second")
+    p.add_argument("--seconds", type=float, default=60.0, help="the measured window")
+    p.add_argument("--seed", type=float, default=30.0, help="seconds of events before it")
+    p.add_argument("--customers", type=int, default=20_000)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--smoke", action="store_true", help="small and short; exit 1 on any error")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rate, args.requests, args.seconds, args.seed = 200.0, 50.0, 8.0, 8.0
+        args.customers = 2000
+        if args.out == OUT:
+            args.out = Path(tempfile.gettempdir()) / "casewatch-bench-api-smoke.json"
+    with broker() as bootstrap:
+        result = run(args, bootstrap)
+    show(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+    if args.smoke:
+        bad = {s: n for s, n in result["statuses"].items() if not s.startswith("2")}
+        if bad or result["errors"]:
+            print(f"smoke: failed requests {bad}, errors {result['errors']}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
+    unique = f"benchapi{int(time.time())}{uuid.uuid4().hex[:4]}"
+    folder = Path(tempfile.mkdtemp(prefix="casewatch-bench-api-"))
+    config = write_config(folder, unique)
+    topics = loader.Topics(f"{unique}.interactions", f"{unique}.orders", 6)
+    create_topics(config, bootstrap)
+    worker = Worker.start(config, bootstrap, folder, "worker", "memory://", extra_env=TOKENS)
+    try:
+        up([worker])
+        story = workload.Story(
+            args.customers, day=max(args.seed + args.seconds, 60), prefix=unique, seed=11
+        )
+        asyncio.run(loader.paced(bootstrap, topics, story.next(args.rate, args.seed)))
+        log = asyncio.run(loader.read_all(bootstrap, f"{unique}.exceptions", 6))
+        cases = sorted(
+            {(k.decode(), orjson.loads(v)["exception_id"]) for k, v, *_ in log if k and v}
+        )
+        if not cases:
+            raise BenchError("the seed produced no exceptions: raise --seed or --rate")
+        customers = sorted({c for c, _ in cases})
+        wait_for(
+            "the seed's cases in the case API",
+            lambda: _cases_seen(worker, customers[-1]),
+            60,
+            [worker],
+        )
+        before, cpu0, t0 = worker.scrape(), worker.cpu_seconds(), time.monotonic()
+        result_file = folder / "requests.json"
+        client = multiprocessing.get_context("spawn").Process(
+            target=_client,
+            args=(worker.api_port, cases, args.requests, args.seconds, str(result_file)),
+        )
+        client.start()
+        paced = asyncio.run(loader.paced(bootstrap, topics, story.next(args.rate, args.seconds)))
+        client.join(args.seconds + 120)
+        after, cpu1, t1 = worker.scrape(), worker.cpu_seconds(), time.monotonic()
+        if client.exitcode != 0:
+            raise BenchError(f"the request process failed (exit {client.exitcode})")
+        requests = json.loads(result_file.read_text())
+        worker.alive()
+    finally:
+        stop([worker])
+        shutil.rmtree(folder, ignore_errors=True)
+    events = total(after, "casewatch_events_total") - total(before, "casewatch_events_total")
+    processing = delta(
+        buckets(after, "casewatch_processing_latency_seconds"),
+        buckets(before, "casewatch_processing_latency_seconds"),
+    )
+    return {
+        "command": " ".join(["bench/api.py", *sys.argv[1:]]),
+        "event_rate_asked": args.rate,
+        "events_per_s": events / (t1 - t0),
+        "events_sent": paced.count,
+        "request_rate_asked": args.requests,
+        "seconds": args.seconds,
+        "seed_cases": len(cases),
+        "seed_customers": len(customers),
+        "worker_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        "processing_p99_ms": _ms(quantile(0.99, processing)),
+        **requests,
+    }
+
+
+def _cases_seen(worker: Worker, customer: str) -> bool:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{worker.api_port}/v1/customers/{customer}/cases",
+        headers={"Authorization": f"Bearer {TOKENS['CASEWATCH_STAFF_TOKENS']}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return bool(orjson.loads(response.read())["cases"])
+    except OSError:
+        return False
+
+
+def _client(port: int, cases: list[tuple[str, str]], rate: float, seconds: float, out: str) -> None:
+    """The request process: `rate` requests/s on a fixed schedule for `seconds`."""
+    result = asyncio.run(_requests(port, cases, rate, seconds))
+    Path(out).write_text(json.dumps(result))
+
+
+async def _requests(
+    port: int, cases: list[tuple[str, str]], rate: float, seconds: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    rng = random.Random(5)
+    base = f"http://127.0.0.1:{port}"
+    staff = {"Authorization": f"Bearer {TOKENS['CASEWATCH_STAFF_TOKENS']}"}
+    customer = {"Authorization": f"Bearer {TOKENS['CASEWATCH_CUSTOMER_TOKENS']}"}
+    customers = sorted({c for c, _ in cases})
+    routes, weights = zip(*MIX, strict=True)
+    timings: dict[str, list[float]] = {r: [] for r in routes}
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+
+    def pick() -> tuple[str, str, dict[str, str]]:
+        route = rng.choices(routes, weights)[0]
+        who = rng.choice(customers) if rng.random() >= 0.2 else f"nobody-{rng.randrange(10**6)}"
+        if route == "case":
+            return route, f"/v1/cases/{rng.choice(cases)[1]}", staff
+        if route == "page":
+            return route, f"/cases/customer/{who}", staff
+        return route, f"/v1/customers/{who}/cases", staff if route == "staff_list" else customer
+
+    async def one(due: float, route: str, path: str, headers: dict[str, str]) -> None:
+        try:
+            async with session.get(base + path, headers=headers) as response:
+                await response.read()
+                status = str(response.status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        timings[route].append(time.perf_counter() - due)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        n = int(rate * seconds)
+        start = time.perf_counter() + 0.2
+        tasks = []
+        for i in range(n):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(due, *pick())))
+        sent_for = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+    every = sorted(t for ts in timings.values() for t in ts)
+    return {
+        "requests": n,
+        "requests_per_s": n / sent_for,
+        "statuses": statuses,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "latency_ms": _quantiles(every),
+        "latency_ms_by_route": {r: _quantiles(sorted(ts)) for r, ts in timings.items()},
+    }
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "count": 0}
+    at = lambda q: round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)  # noqa: E731
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0), "count": len(values)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def show(r: dict[str, Any]) -> None:
+    lat = r["latency_ms"]
+    print(
+        f"{r['requests_per_s']:.0f} requests/s for {r['seconds']:.0f} s while the worker took "
+        f"{r['events_per_s']:.0f} events/s (asked {r['event_rate_asked']:.0f}); "
+        f"{r['seed_cases']} cases of {r['seed_customers']} customers"
+    )
+    print(
+        f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}  "
+        f"(statuses {r['statuses']}, errors {r['errors']})"
+    )
+    for route, q in r["latency_ms_by_route"].items():
+        print(f"  {route:<14} p50 {q['p50']}  p99 {q['p99']}  ({q['count']} requests)")
+    print(
+        f"worker: CPU {r['worker_cpu_share']:.2f} of a core, event processing p99 "
+        f"{r['processing_p99_ms']} ms"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
