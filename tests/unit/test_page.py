@@ -6,29 +6,31 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
-import re
-import shutil
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.cases.page import error_page, login_page, render_customer_page, span_text
+from tests.browser import (
+    HEADER_RGB,
+    WINDOW,
+    Node,
+    chromium_or_skip,
+    layout,
+    only,
+    png_top,
+    run_chromium,
+    sections,
+    tree,
+)
 
 T0 = datetime(2026, 3, 2, 22, tzinfo=UTC)
-CHROMIUM = "/usr/bin/chromium"
-WINDOW = (1280, 1600)
-HEADER_RGB = (0x1F, 0x3B, 0x5A)
 
 
 def at(minutes: float) -> str:
@@ -120,73 +122,6 @@ NOW = epoch(400)
 CASES = [resolved_contact(), missing_delivery()]
 
 
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
-        self.tag, self.attrs, self.parent = tag, attrs, parent
-        self.children: list[Node | str] = []
-
-    @property
-    def classes(self) -> list[str]:
-        return self.attrs.get("class", "").split()
-
-    def walk(self) -> Iterator[Node]:
-        yield self
-        for child in self.children:
-            if isinstance(child, Node):
-                yield from child.walk()
-
-    def find(self, tag: str = "", cls: str = "") -> list[Node]:
-        return [
-            n for n in self.walk() if (not tag or n.tag == tag) and (not cls or cls in n.classes)
-        ]
-
-    def text(self) -> str:
-        parts = (c if isinstance(c, str) else c.text() for c in self.children)
-        return re.sub(r"\s+", " ", "".join(parts)).strip()
-
-
-class TreeBuilder(HTMLParser):
-    """The element tree as an HTML serialisation spells it (no repair: what is written nests)."""
-
-    VOID = frozenset({"meta", "br", "img", "link", "input", "hr", "col", "source", "wbr"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = self.current = Node("#document", {}, None)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {k: v or "" for k, v in attrs}, self.current)
-        self.current.children.append(node)
-        if tag not in self.VOID:
-            self.current = node
-
-    def handle_endtag(self, tag: str) -> None:
-        node: Node | None = self.current
-        while node is not None and node.tag != tag:
-            node = node.parent
-        if node is not None and node.parent is not None:
-            self.current = node.parent
-
-    def handle_data(self, data: str) -> None:
-        self.current.children.append(data)
-
-
-def tree(page: str) -> Node:
-    builder = TreeBuilder()
-    builder.feed(page)
-    builder.close()
-    return builder.root
-
-
-def sections(root: Node) -> list[Node]:
-    return root.find("section", "case")
-
-
-def layout(node: Node) -> list[str]:
-    """The tags of a node's child elements, with their first class."""
-    return [".".join([c.tag, *c.classes[:1]]) for c in node.children if isinstance(c, Node)]
-
-
 CASE_LAYOUT = [
     "h3",
     "dl.facts",
@@ -204,12 +139,6 @@ def facts_pair_up(case: Node) -> bool:
     """Each fact a term and its value: an extra or missing <dd> shifts every row after it."""
     tags = [c.tag for c in only(case, "dl", "facts").children if isinstance(c, Node)]
     return len(tags) > 0 and tags == ["dt", "dd"] * (len(tags) // 2)
-
-
-def only(root: Node, tag: str = "", cls: str = "") -> Node:
-    found = root.find(tag, cls)
-    assert len(found) == 1, (tag, cls, [n.text() for n in found])
-    return found[0]
 
 
 # -- the HTML ----------------------------------------------------------------------------------
@@ -382,16 +311,6 @@ def test_the_page_module_imports_no_faust_kafka_runtime_or_tools() -> None:
 # -- in Chromium -------------------------------------------------------------------------------
 
 
-def chromium_or_skip(path: str, env: dict[str, str]) -> str:
-    """The browser's path; without it the test is skipped, except in CI (CI set), where it fails."""
-    if os.access(path, os.X_OK):
-        return path
-    reason = f"{path} is missing: `make chromium` installs Debian's package"
-    if env.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
 def test_a_missing_chromium_skips_outside_ci_and_fails_in_ci() -> None:
     with pytest.raises(pytest.skip.Exception):
         chromium_or_skip("/nonexistent/chromium", {})
@@ -416,67 +335,6 @@ def page_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}/c-1.html"
         server.shutdown()
         thread.join(timeout=10)
-
-
-def run_chromium(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    browser = chromium_or_skip(CHROMIUM, dict(os.environ))
-    profile = tempfile.mkdtemp(prefix="casewatch-chromium-")
-    try:
-        return subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                *args,
-                url,
-            ],
-            capture_output=True,
-            timeout=90,
-            check=True,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def png_top(data: bytes, rows: int) -> tuple[tuple[int, int], list[list[bytes]]]:
-    """The size of an 8-bit RGB or RGBA PNG, and its first `rows` rows as RGB pixels."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    assert (depth, colour) in {(8, 2), (8, 6)}, (depth, colour)
-    bpp, idat, pos = 3 if colour == 2 else 4, b"", 8
-    while pos < len(data):
-        length, chunk = struct.unpack(">I4s", data[pos : pos + 8])
-        idat += data[pos + 8 : pos + 8 + length] if chunk == b"IDAT" else b""
-        pos += 12 + length
-    stride = width * bpp
-    raw = zlib.decompressobj().decompress(idat, (stride + 1) * rows)
-    pixels, prior = [], bytearray(stride)
-    for r in range(rows):
-        start = r * (stride + 1)
-        line = bytearray(raw[start + 1 : start + 1 + stride])
-        unfilter(raw[start], line, prior, bpp)
-        pixels.append([bytes(line[i : i + 3]) for i in range(0, stride, bpp)])
-        prior = line
-    return (width, height), pixels
-
-
-def unfilter(method: int, line: bytearray, prior: bytearray, bpp: int) -> None:
-    """Undoes a PNG row filter in place (None, Sub, Up, Average, Paeth)."""
-    for i in range(len(line)):
-        a = line[i - bpp] if i >= bpp else 0
-        b, c = prior[i], prior[i - bpp] if i >= bpp else 0
-        p = a + b - c
-        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-        paeth = a if pa <= pb and pa <= pc else b if pb <= pc else c
-        line[i] = (line[i] + (0, a, b, (a + b) // 2, paeth)[method]) & 0xFF
 
 
 @pytest.mark.browser
