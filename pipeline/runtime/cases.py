@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from pipeline.cases import book as books
 from pipeline.config import Config
+from pipeline.core.models import Resolution
 from pipeline.core.processor import Consumed
 from pipeline.runtime.metrics import Metrics
 from pipeline.runtime.worker import Table
@@ -54,6 +56,10 @@ class CaseKeeper:
     async def resolution(self, msg: Consumed) -> None:
         """One handler's message on the resolutions topic (the worker validated it or sent it
         to the dead-letter topic; here an invalid one is skipped)."""
+        try:
+            Resolution.model_validate_json(msg.value or b"")
+        except ValidationError:
+            return  # dead-lettered by the worker, with the reason
         await self._fold(msg, books.apply_resolution, "resolution")
 
     def book(self, customer: bytes) -> Any:

@@ -264,3 +264,24 @@ def test_a_record_read_twice_changes_nothing() -> None:
     served, _ = api(Peers(mine={b"c-1"}), record, record)
     (case,) = body(get(served, "customer_cases", customer_id="c-1"))["cases"]
     assert [s["step"] for s in case["timeline"]] == ["detected", "routed"]
+
+
+def test_a_handlers_acknowledgement_shows_and_an_invalid_resolution_is_left_to_the_worker() -> None:
+    record = routed("c-1", 1)
+    served, metrics = api(Peers(mine={b"c-1"}), record)
+    ack = {
+        "exception_id": record["exception_id"],
+        "handler": "logistics",
+        "status": "acknowledged",
+        "at": (NOW + timedelta(minutes=5)).isoformat(),
+        "note": "calling the carrier",
+    }
+    keeper = served.keeper
+    asyncio.run(keeper.resolution(Msg(b"c-1", orjson.dumps(ack))))
+    asyncio.run(keeper.resolution(Msg(b"c-1", b'{"exception_id": "x", "status": "lost"}')))
+    (case,) = body(get(served, "customer_cases", customer_id="c-1"))["cases"]
+    assert [(s["step"], s["note"]) for s in case["timeline"]][-1] == (
+        "acknowledged",
+        "calling the carrier",
+    )
+    assert metrics.case_errors.labels("resolution")._value.get() == 0
