@@ -57,7 +57,7 @@ run: setup
 
 # Sets up, starts a broker for the tests (unless KAFKA_BOOTSTRAP_SERVERS is set), runs every
 # test, integration tests included, and stops the broker it started; then the benchmark's smoke
-# runs (bench/run.py, floor.py, logic.py, soak.py: about 3 min) and the short chaos run (about
+# runs (bench/run.py, floor.py, logic.py, soak.py, api.py: about 4 min) and the short chaos run (about
 # 4 min, on a broker of its own: docs/reliability.md).
 test: setup prometheus chromium
 	@set -e; \
@@ -73,6 +73,7 @@ test: setup prometheus chromium
 	$(BIN)/python bench/floor.py --smoke; \
 	$(BIN)/python bench/logic.py --days 1 --customers 200; \
 	$(BIN)/python bench/soak.py --smoke --out /tmp/casewatch-soak-smoke.json; \
+	$(BIN)/python bench/api.py --smoke; \
 	env -u KAFKA_BOOTSTRAP_SERVERS $(BIN)/python tests/chaos/run.py --short --trace --out /tmp/casewatch-chaos-short.json
 
 # prometheus and promtool (alert rule tests, the dashboard test) from Debian's package, installed
@@ -87,7 +88,8 @@ prometheus:
 	  if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus || true; fi; \
 	}
 
-# Chromium (the CSR page's browser test, tests/unit/test_page.py) from Debian's package, installed
+# Chromium (the CSR page's browser tests, tests/unit/test_page.py and
+# tests/integration/test_csr_page.py) from Debian's package, installed
 # only when /usr/bin/chromium is missing; no recommends. Without it that test is skipped, except
 # when CI is set, where it fails.
 .PHONY: chromium
@@ -134,6 +136,12 @@ bench-soak: setup
 # the benchmark keeps working (not a timed test: it fails only when a phase fails).
 bench-smoke: setup
 	$(BIN)/python bench/run.py --smoke
+
+# The case API under live event load (bench/api.py, docs/cases.md): 500 requests/s while one
+# worker takes 2,800 events/s.
+.PHONY: bench-api
+bench-api: setup
+	$(BIN)/python bench/api.py
 
 # The chaos harness (tests/chaos/run.py, docs/reliability.md): workers killed with SIGKILL,
 # scaled 1 -> 3 -> 1, the broker restarted; every handler record checked against the replay

@@ -171,6 +171,10 @@ def test_cases_through_either_worker_as_they_happen_and_after_a_kill(
         served_by = call(ports[0], "/v1/customers/c-1/cases")[2]["Casewatch-Worker"]
         owner, survivor = (w1, ports[1]) if served_by.endswith(f":{ports[0]}") else (w2, ports[0])
         owner.kill()
+        # Until the group notices (its session timeout), the survivor cannot reach the owner:
+        # it says so, and when to retry, rather than answering from a copy.
+        status, error, headers = call(survivor, "/v1/customers/c-1/cases")
+        assert (status, error["error"], headers["Retry-After"]) == (503, "unavailable", "2")
 
         def served_again() -> bool:
             return all(timelines(survivor, c) == before[c] for c in before)
