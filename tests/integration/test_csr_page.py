@@ -105,13 +105,15 @@ def test_the_csr_page_of_the_demos_lost_modem_shows_the_case_its_handler_and_tim
             dom = tree(run_chromium(url, "--dump-dom").stdout.decode())
             shot = tmp_path / "csr-page.png"
             run_chromium(url, f"--screenshot={shot}")
+        # The demo's handlers have short SLAs: the case may have moved on while Chromium ran.
+        (later,) = missing()
     # The case is on the page, open, with its handler and its timeline as the API has them.
     section = next(s for s in sections(dom) if s.attrs["id"] == f"case-{case['exception_id']}")
     assert "open" in section.classes
     assert "missing_delivery" in section.text()
-    assert only(section, "dd", "handler").text() == case["handler"]
+    assert only(section, "dd", "handler").text() in {case["handler"], later["handler"]}
     steps = [li.text() for li in only(section, "ol", "timeline").find("li")]
-    assert len(steps) == len(case["timeline"]) >= 2
+    assert 2 <= len(case["timeline"]) <= len(steps) <= len(later["timeline"])
     assert f"routed to {case['timeline'][1]['handler']}" in steps[1]
     assert "o-modem-1" in section.text()
     size, rows = png_top(shot.read_bytes(), 240)

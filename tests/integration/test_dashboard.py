@@ -156,6 +156,17 @@ def alerting_rules(url: str) -> dict[str, dict[str, Any]]:
     return {rule["name"]: rule for group in groups for rule in group["rules"]}
 
 
+def ask_case_api(port: int, customer: str) -> int:
+    """A request to the worker's case API (no token: a 401, counted like any answer)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/v1/customers/{customer}/cases", timeout=10
+        ) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_every_dashboard_panel_has_data_and_the_alerts_see_the_live_worker(
     config_file: Path, bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
@@ -174,6 +185,8 @@ def test_every_dashboard_panel_has_data_and_the_alerts_see_the_live_worker(
         )
         produce(events, config_file, bootstrap)
         asyncio.run(publish_raw(bootstrap, f"{unique}.interactions", INVALID))
+        for customer in ("c-lost", "c-failed", "c-nobody"):  # the case API's panels
+            ask_case_api(worker.api_port, customer)
         wait_for(
             "the dead letters",
             lambda: worker.metric("casewatch_dead_letters_total") == len(INVALID),

@@ -24,8 +24,10 @@ __all__ = ["free_port"]  # re-exported: the tests import it from here
 class Worker:
     """A running worker process and its /metrics."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, log: Path, api_port: int = 0
+    ) -> None:
+        self.proc, self.port, self.log, self.api_port = proc, port, log, api_port
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, no final commit, as in a crash."""
@@ -94,7 +96,7 @@ def start_worker(
             stdout=out,
             stderr=out,
         )
-    worker = Worker(proc, port, log)
+    worker = Worker(proc, port, log, int(env["CASEWATCH_API_PORT"]))
     try:
         wait_for(
             "the worker's /metrics", lambda: worker.metric("casewatch_worker_up") == 1, timeout
