@@ -6,6 +6,8 @@ with SIGKILL, and scopes and errors are enforced."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,6 +49,16 @@ def steps(case: dict[str, Any]) -> list[tuple[str, str | None]]:
 def cases_of(port: int, customer: str) -> list[dict[str, Any]]:
     status, body, _ = call(port, f"/v1/customers/{customer}/cases")
     return list(body["cases"]) if status == 200 else []
+
+
+def run_status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def timelines(port: int, customer: str) -> list[dict[str, Any]]:
@@ -130,6 +142,20 @@ def test_cases_through_either_worker_as_they_happen_and_after_a_kill(
         assert [s for s, _ in steps(case)][-2:] == ["acknowledged", "resolved"]
         assert case["timeline"][-2]["note"] == "calling the carrier"
         assert case["resolved_by"] == "supervisors"
+
+        # The same through `casewatch status`, as text and as JSON, by customer and by case.
+        status_env = {**os.environ, "CASEWATCH_TOKEN": STAFF}
+        url = f"http://127.0.0.1:{ports[0]}"
+        shown = run_status(status_env, "c-1", "--url", url)
+        assert shown.returncode == 0, shown.stderr
+        assert exception_id in shown.stdout
+        assert "acknowledged" in shown.stdout
+        assert '"calling the carrier"' in shown.stdout
+        as_json = run_status(status_env, "--case", exception_id, "--url", url, "--json")
+        assert orjson.loads(as_json.stdout)["status"] == "resolved"
+        unknown = run_status(status_env, "--case", "0" * 32, "--url", url)
+        assert unknown.returncode == 1
+        assert "no case" in unknown.stderr
 
         # The customer's view: words, never evidence, context, notes or handler names.
         status, mine, _ = call(ports[0], "/v1/customers/c-1/cases", CUSTOMER)

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -285,3 +286,11 @@ def test_a_handlers_acknowledgement_shows_and_an_invalid_resolution_is_left_to_t
         "calling the carrier",
     )
     assert metrics.case_errors.labels("resolution")._value.get() == 0
+
+
+def test_the_openapi_document_is_served_without_a_token_and_is_the_committed_one() -> None:
+    served, _ = api(Peers())
+    reply = get(served, "openapi", None)
+    assert reply.status == 200
+    committed = Path(__file__).resolve().parents[2] / "schemas" / "cases-api.openapi.json"
+    assert body(reply) == orjson.loads(committed.read_bytes())
