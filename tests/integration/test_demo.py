@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,22 @@ def test_the_demo_shows_exceptions_overflow_and_escalation_within_a_minute(
             if line.startswith("while it runs: ")
         ]
         commands = [(w := shlex.split(c))[w.index("casewatch") + 1] for c in printed]
-        assert commands == ["handle", "report"], printed
+        assert commands == ["handle", "report", "status"], printed
         handle = _as_run(printed[0].replace(" handle ", " handle --once ", 1), env)
         assert handle.returncode == 0, handle.stderr
         assert "logistics · demo" in handle.stdout, handle.stdout
         report = _as_run(printed[1], env)
         assert report.returncode == 0, report.stderr
+        status = _as_run(printed[2], env)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("ana-1: "), status.stdout
+        # The CSR page it names answers with the token it names.
+        (page,) = [line for line in err.read_text().splitlines() if line.startswith("CSR page: ")]
+        url, token = page.split()[2], page.split()[-1].rstrip(")")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert b"ana-1" in response.read()
         demo.wait(120)
     finally:
         demo.kill()

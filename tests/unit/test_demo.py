@@ -120,6 +120,7 @@ class _Shown:
     ports = [9464, 9465]
     config = None
     commands = ["casewatch handle logistics --config c.yaml"]
+    page = "http://127.0.0.1:6066/cases/customer/ana-1 (sign in with the staff token t)"
     began = time.monotonic()
     sent = 500
     found = {f"x{i}" for i in range(29)}
@@ -137,5 +138,6 @@ def test_the_header_says_found_ever_and_open_now_as_the_queues_show() -> None:
     assert "exceptions found: 29, open now: 10, resolved: 19, escalated: 2" in head
     assert "29 open" not in head
     assert "casewatch handle logistics --config c.yaml" in head
+    assert "CSR page: http://127.0.0.1:6066/cases/customer/ana-1" in head
     line = summary(_Shown(), 10)  # type: ignore[arg-type]
     assert "exceptions found=29, open_now=10, resolved=19, escalated=2" in line

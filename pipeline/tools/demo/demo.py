@@ -105,6 +105,7 @@ class Demo:
         self.config: Config | None = None
         self.config_path = self.folder / "casewatch.yaml"
         self.commands: list[str] = []
+        self.page = ""  # the CSR page of a story's customer, and how to sign in
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -145,11 +146,11 @@ class Demo:
 
         # The first round's lost modem (pipeline/tools/demo/traffic.py): its customer's cases.
         api = f"http://127.0.0.1:{self.api_ports[0]}"
-        self.commands += [
-            f"{api}/cases/customer/ana-1 (the CSR page of the customer whose modem never "
-            f"arrived; sign in with the staff token {token})",
-            f"CASEWATCH_TOKEN={token} casewatch status ana-1 --url {api}",
-        ]
+        self.commands.append(f"CASEWATCH_TOKEN={token} casewatch status ana-1 --url {api}")
+        self.page = (
+            f"{api}/cases/customer/ana-1 (the customer whose modem never arrives; sign in with "
+            f"the staff token {token})"
+        )
 
     def check(self) -> None:
         """Raise DemoError when a worker has exited."""
@@ -297,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
                 demo.start()
                 for line in demo.commands:
                     say(f"while it runs: {line}")
+                say(f"CSR page: {demo.page}")
                 asyncio.run(_run(demo))
             except KeyboardInterrupt:
                 pass

@@ -29,6 +29,7 @@ class Shown(Protocol):
     ports: list[int]
     config: Config | None
     commands: list[str]
+    page: str
     began: float
     sent: int
     found: set[str]
@@ -103,6 +104,7 @@ def headline(demo: Shown, metrics: dict[str, dict[tuple[str, ...], float]]) -> s
         + "   routed by: "
         + ", ".join(f"{n} {r}" for r, n in sorted(demo.routed.items()))
         + "".join(f"\n{line}" for line in demo.commands)
+        + (f"\nCSR page: {demo.page}" if demo.page else "")
     )
 
 
