@@ -1,14 +1,15 @@
 """The case API under load: one worker taking live events at a share of its peak answers a
 realistic mix of case requests at a fixed rate; the figures are the answers' latency.
 
-    .venv/bin/python bench/api.py                       # 2,800 events/s, 500 requests/s, 60 s
-    .venv/bin/python bench/api.py --smoke               # seconds, what CI runs; exit 1 on errors
-    .venv/bin/python bench/api.py --rate 2800 --requests 500 --seconds 60 --out FILE
+    .venv/bin/python bench/api.py                   # half the worker's peak, 500 requests/s, 60 s
+    .venv/bin/python bench/api.py --smoke           # seconds, what CI runs; exit 1 on errors
+    .venv/bin/python bench/api.py --share 0.5 --requests 500 --seconds 60 --out FILE
 
 The broker: KAFKA_BOOTSTRAP_SERVERS, else a local one of the run's own (as bench/run.py).
 
-1. seed: live events (bench/workload.py's paced workload, every default rule) for `--seed`
-   seconds, so customers have cases; the exception log says which customers and cases exist;
+1. peak: a backlog of a day of events (bench/workload.py, every default rule) is published at
+   once and the worker drains it: its steady events/s on this machine now is the peak; the
+   backlog's exceptions are the cases asked about (the exception log says which);
 2. measure: for `--seconds`, the same event rate goes on while another process sends
    `--requests` per second on a fixed schedule (open loop: a request is timed from when it was
    due, so a stalled server shows as latency, not as fewer requests). The mix: a customer's
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from bench import loader, workload
+from bench import loader, phases, workload
 from bench.procs import (
     BenchError,
     Worker,
@@ -57,22 +59,24 @@ from bench.run import broker
 
 TOKENS = {"CASEWATCH_STAFF_TOKENS": "bench-staff", "CASEWATCH_CUSTOMER_TOKENS": "bench-customer"}
 MIX = (("staff_list", 0.50), ("customer_list", 0.25), ("case", 0.15), ("page", 0.10))
+DAY = 86400.0
 OUT = Path(__file__).resolve().parent / "results" / "api-latest.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", type=float, default=2800.0, help="events per second (default 2800)")
+    p.add_argument("--share", type=float, default=0.5, help="of the peak, as the live load")
+    p.add_argument("--rate", type=float, default=None, help="events/s instead of a share")
     p.add_argument("--requests", type=float, default=500.0, help="requests per second")
     p.add_argument("--seconds", type=float, default=60.0, help="the measured window")
-    p.add_argument("--seed", type=float, default=30.0, help="seconds of events before it")
+    p.add_argument("--backlog", type=int, default=60_000, help="events drained for the peak")
     p.add_argument("--customers", type=int, default=20_000)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--smoke", action="store_true", help="small and short; exit 1 on any error")
     args = p.parse_args(argv)
     if args.smoke:
-        args.rate, args.requests, args.seconds, args.seed = 200.0, 50.0, 8.0, 8.0
-        args.customers = 2000
+        args.requests, args.seconds, args.backlog, args.customers = 50.0, 8.0, 4000, 500
+        args.rate = args.rate or 200.0
         if args.out == OUT:
             args.out = Path(tempfile.gettempdir()) / "casewatch-bench-api-smoke.json"
     with broker() as bootstrap:
@@ -98,33 +102,38 @@ def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     worker = Worker.start(config, bootstrap, folder, "worker", "memory://", extra_env=TOKENS)
     try:
         up([worker])
-        story = workload.Story(
-            args.customers, day=max(args.seed + args.seconds, 60), prefix=unique, seed=11
-        )
-        asyncio.run(loader.paced(bootstrap, topics, story.next(args.rate, args.seed)))
+        now = time.time()
+        backlog = workload.build(args.customers, args.backlog, now - DAY, DAY, unique)
+        asyncio.run(loader.load(bootstrap, topics, backlog))
+        peak = phases.drain([worker], len(backlog), 600).steady_events_per_s
+        rate = args.rate or args.share * peak
+        wait_for("the backlog's exceptions routed", lambda: _settled(worker), 120, [worker])
         log = asyncio.run(loader.read_all(bootstrap, f"{unique}.exceptions", 6))
         cases = sorted(
             {(k.decode(), orjson.loads(v)["exception_id"]) for k, v, *_ in log if k and v}
         )
         if not cases:
-            raise BenchError("the seed produced no exceptions: raise --seed or --rate")
+            raise BenchError("the backlog produced no exceptions: raise --backlog")
         customers = sorted({c for c, _ in cases})
         wait_for(
-            "the seed's cases in the case API",
+            "the backlog's cases in the case API",
             lambda: _cases_seen(worker, customers[-1]),
             60,
             [worker],
         )
         before, cpu0, t0 = worker.scrape(), worker.cpu_seconds(), time.monotonic()
+        wait0, machine0 = worker.sched()[1], _machine()
         result_file = folder / "requests.json"
         client = multiprocessing.get_context("spawn").Process(
             target=_client,
             args=(worker.api_port, cases, args.requests, args.seconds, str(result_file)),
         )
         client.start()
-        paced = asyncio.run(loader.paced(bootstrap, topics, story.next(args.rate, args.seconds)))
+        live = workload.paced(args.customers, rate, args.seconds, f"{unique}live", 11)
+        paced = asyncio.run(loader.paced(bootstrap, topics, live))
         client.join(args.seconds + 120)
         after, cpu1, t1 = worker.scrape(), worker.cpu_seconds(), time.monotonic()
+        wait1, machine1 = worker.sched()[1], _machine()
         if client.exitcode != 0:
             raise BenchError(f"the request process failed (exit {client.exitcode})")
         requests = json.loads(result_file.read_text())
@@ -139,17 +148,40 @@ def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     )
     return {
         "command": " ".join(["bench/api.py", *sys.argv[1:]]),
-        "event_rate_asked": args.rate,
+        "peak_events_per_s": peak,
+        "share": rate / peak,
+        "event_rate_asked": rate,
         "events_per_s": events / (t1 - t0),
         "events_sent": paced.count,
         "request_rate_asked": args.requests,
         "seconds": args.seconds,
-        "seed_cases": len(cases),
-        "seed_customers": len(customers),
+        "cases": len(cases),
+        "customers_with_cases": len(customers),
         "worker_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        # time the worker was runnable but waited for a CPU the other processes held
+        "worker_runqueue_share": (wait1 - wait0) / (t1 - t0),
+        "client_cpu_share": requests.pop("cpu_seconds") / (t1 - t0),
+        "machine_busy_share": _busy(machine0, machine1),
+        "cpus": os.cpu_count(),
         "processing_p99_ms": _ms(quantile(0.99, processing)),
         **requests,
     }
+
+
+def _machine() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU so far, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def _busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def _settled(worker: Worker) -> bool:
+    """Every exception found has been routed (the dispatch topic is read)."""
+    return phases.unrouted([worker]) == 0
 
 
 def _cases_seen(worker: Worker, customer: str) -> bool:
@@ -169,6 +201,7 @@ def _cases_seen(worker: Worker, customer: str) -> bool:
 def _client(port: int, cases: list[tuple[str, str]], rate: float, seconds: float, out: str) -> None:
     """The request process: `rate` requests/s on a fixed schedule for `seconds`."""
     result = asyncio.run(_requests(port, cases, rate, seconds))
+    result["cpu_seconds"] = time.process_time()
     Path(out).write_text(json.dumps(result))
 
 
@@ -248,8 +281,9 @@ def show(r: dict[str, Any]) -> None:
     lat = r["latency_ms"]
     print(
         f"{r['requests_per_s']:.0f} requests/s for {r['seconds']:.0f} s while the worker took "
-        f"{r['events_per_s']:.0f} events/s (asked {r['event_rate_asked']:.0f}); "
-        f"{r['seed_cases']} cases of {r['seed_customers']} customers"
+        f"{r['events_per_s']:.0f} events/s (asked {r['event_rate_asked']:.0f}, {r['share']:.0%} of a peak of "
+        f"{r['peak_events_per_s']:.0f}); {r['cases']} cases of {r['customers_with_cases']} "
+        "customers"
     )
     print(
         f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}  "
@@ -258,8 +292,10 @@ def show(r: dict[str, Any]) -> None:
     for route, q in r["latency_ms_by_route"].items():
         print(f"  {route:<14} p50 {q['p50']}  p99 {q['p99']}  ({q['count']} requests)")
     print(
-        f"worker: CPU {r['worker_cpu_share']:.2f} of a core, event processing p99 "
-        f"{r['processing_p99_ms']} ms"
+        f"worker: CPU {r['worker_cpu_share']:.2f} of a core (waited for one "
+        f"{r['worker_runqueue_share']:.2f}), event processing p99 {r['processing_p99_ms']} ms; "
+        f"request client: CPU {r['client_cpu_share']:.2f}; machine ({r['cpus']} CPUs) busy "
+        f"{r['machine_busy_share']:.0%}"
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import orjson
+from faust.types import TP
 
 from pipeline.cases import book as books
 from pipeline.cases import page, views
@@ -45,6 +46,7 @@ ROUTES = {
 FORWARDED = "x-casewatch-forwarded"  # set on a request one worker passes on to another
 COOKIE = "casewatch_token"  # the CSR page's sign-in (a browser cannot send a bearer header)
 RETRY_AFTER = "2"  # seconds: about a rebalance's recovery of the cases table
+PARTITIONS_KEPT = 100_000  # customers whose partition is remembered (then forgotten at once)
 PEER_TIMEOUT = 2.0  # seconds a worker waits for another's answer
 STATUSES = ("open", "escalated", "resolved")
 JSON = "application/json"
@@ -329,13 +331,37 @@ class FaustPeers:
     def __init__(self, app: Any, table: str) -> None:
         self.app = app
         self.table = table
+        self._sessions: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._partitions: dict[bytes, int] = {}
+
+    def _session(self) -> Any:
+        """An HTTP client of the running loop's own (the API runs in a thread of its own)."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = self._sessions[loop] = aiohttp.ClientSession()
+        return session
 
     def me(self) -> str:
         return str(self.app.conf.canonical_url).rstrip("/")
 
     def owner(self, customer: bytes) -> str | None:
+        """The URL the assignor gives the customer's partition of the table's changelog (as
+        `app.router.key_store`, with the partition of each key remembered: the key hash is
+        pure Python, and a key's partition changes only with the partition count)."""
         try:
-            url = str(self.app.router.key_store(self.table, customer)).rstrip("/")
+            changelog = self.app.tables[self.table].changelog_topic.get_topic_name()
+            partition = self._partitions.get(customer)
+            if partition is None:
+                partition = self.app.producer.key_partition(changelog, customer).partition
+                if partition is None:
+                    return None
+                if len(self._partitions) >= PARTITIONS_KEPT:
+                    self._partitions.clear()
+                self._partitions[customer] = partition
+            url = str(self.app.assignor._tps_url[TP(changelog, partition)]).rstrip("/")
         except (KeyError, AttributeError, TypeError):
             return None  # no assignment yet, or the topic's metadata is not known yet
         return SELF if url == self.me() else url
@@ -348,7 +374,7 @@ class FaustPeers:
         import aiohttp
 
         try:
-            async with self.app.http_client.get(
+            async with self._session().get(
                 url + target,
                 headers=dict(headers),
                 timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
@@ -366,33 +392,43 @@ class FaustPeers:
 
 
 def install(app: Any, api: CaseApi) -> None:
-    """Mount every route on the Faust app's web server."""
-    from faust.web import View
+    """Mount every route on the aiohttp application of Faust's web server, as plain aiohttp
+    handlers: Faust's views add a per-request sensor pass the API has no use for (its own
+    metrics are `casewatch_api_*`)."""
+    from aiohttp import web
 
+    router = app.web.web_app.router
     for name, path in ROUTES.items():
 
-        async def get(self: Any, request: Any, _route: str = name, **params: str) -> Any:
-            reply = await api.handle(_route, params, request.query, _lower(request.headers))
-            return _response(self, reply)
+        async def get(request: web.Request, _route: str = name) -> Any:
+            reply = await api.handle(
+                _route, request.match_info, request.query, _lower(request.headers)
+            )
+            return _response(reply)
 
-        async def post(self: Any, request: Any, _route: str = name, **params: str) -> Any:
-            form = dict(await request.post())
-            reply = await api.handle(_route, params, {}, _lower(request.headers), form)
-            return _response(self, reply)
+        async def post(request: web.Request, _route: str = name) -> Any:
+            form = {k: str(v) for k, v in (await request.post()).items()}
+            reply = await api.handle(_route, {}, {}, _lower(request.headers), form)
+            return _response(reply)
 
-        methods: dict[str, Any] = {"post": post} if name == "login" else {"get": get}
-        app.page(path, name=f"casewatch_{name}")(type(f"Casewatch_{name}", (View,), methods))
+        if name == "login":
+            router.add_post(path, post)
+        else:
+            router.add_get(path, get)
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
-def _response(view: Any, reply: Reply) -> Any:
+def _response(reply: Reply) -> Any:
+    from aiohttp import web
+
     content_type, _, charset = reply.content_type.partition("; charset=")
-    response = view.bytes(
-        reply.body, content_type=content_type, status=reply.status, headers=dict(reply.headers)
+    return web.Response(
+        body=reply.body,
+        status=reply.status,
+        content_type=content_type,
+        charset=charset or None,
+        headers=dict(reply.headers),
     )
-    if charset:
-        response.charset = charset
-    return response

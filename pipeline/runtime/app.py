@@ -47,6 +47,9 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         # The case API (pipeline/runtime/api.py) is the only thing served: Faust's own pages
         # (its tables' contents among them) are off.
         web_enabled=bool(runtime.api_port),
+        # In a thread with its own event loop: a request is answered while a batch of events
+        # is being processed, not after it (the interpreter switches threads every few ms).
+        web_in_thread=True,
         web_port=runtime.api_port,
         web_bind=runtime.api_bind,
         web_host=runtime.api_host or socket.gethostname(),
