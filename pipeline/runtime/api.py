@@ -11,6 +11,13 @@ answer for sure (no assignment yet, its table still recovering, the owner unreac
 `CaseApi.handle` is the whole behaviour (auth, ids, routing, views, errors, metrics) over a
 `Peers` interface; `install` mounts it on a Faust app. Never a traceback, never another
 customer's data: each answer is built from one customer's book.
+
+Faust runs the web server in a thread of its own, with its own event loop (`web_in_thread`),
+so that a request does not wait for a whole batch of events. What a request reads of the
+worker's state are single lookups, each atomic under the interpreter lock: one key's bytes in
+the table, one id in the keeper's index, its readiness flag, one partition in the assignor's
+map; it never iterates over them. The HTTP client that passes requests on belongs to the API's
+loop.
 """
 
 from __future__ import annotations
