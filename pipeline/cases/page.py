@@ -166,7 +166,17 @@ def _case(case: dict[str, Any], now: float) -> str:
 
 def _facts(case: dict[str, Any], now: float) -> str:
     since = case.get("handler_since")
-    rows = [("handler", f'<dd class="handler">{_val(case.get("handler"))}</dd>')]
+    holder = case.get("handler")
+    if holder is None:  # closed: who held it last, from its timeline
+        steps = case.get("timeline")
+        held = [
+            s["handler"]
+            for s in (steps if isinstance(steps, list) else [])
+            if isinstance(s, Mapping) and isinstance(s.get("handler"), str)
+        ]
+        if held:
+            holder = f"{held[-1]} (until it closed)"
+    rows = [("handler", f'<dd class="handler">{_val(holder)}</dd>')]
     if since is not None:
         rows.append(("since", f'<dd class="handler-since">{_time(since)}</dd>'))
     rows += [

@@ -392,3 +392,18 @@ def test_the_sign_in_form_posts_the_token_and_escapes_where_it_returns() -> None
     assert 'name="token"' in html
     assert "<script>x" not in html
     assert "not a staff token" in html
+
+
+def test_a_closed_case_names_who_held_it_last() -> None:
+    case = {
+        "exception_id": "a" * 32,
+        "status": "resolved",
+        "handler": None,
+        "timeline": [
+            {"step": "routed", "handler": "vip"},
+            {"step": "escalated", "handler": "supervisors", "from": "vip"},
+            {"step": "resolved", "handler": None, "by": "supervisors"},
+        ],
+    }
+    page = tree(render_customer_page("c-1", [case], NOW))
+    assert only(page, "dd", "handler").text() == "supervisors (until it closed)"

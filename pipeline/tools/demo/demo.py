@@ -73,7 +73,13 @@ API_PORT = 6066  # the first worker's case API when free (Faust's usual web port
 def demo_config(path: Path, prefix: str) -> Path:
     """The shipped config with demo-sized capacities, deadlines and topic names."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    data["pipeline"] |= {"app_id": f"{prefix}casewatch", "partitions": 3}
+    # Its events are published live, at their own times: lateness of seconds, not minutes, so
+    # that a deadline fires seconds after it passes even while the noise keeps every input busy.
+    data["pipeline"] |= {
+        "app_id": f"{prefix}casewatch",
+        "partitions": 3,
+        "allowed_lateness": "5s",
+    }
     for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
         data["topics"][name] = f"{prefix}{data['topics'][name]}"
     data["topics"]["handler_prefix"] = f"{prefix}casewatch.handler."
