@@ -234,12 +234,15 @@ def _timeline(steps: Any) -> str:
 
 
 def _step(step: Mapping[str, Any]) -> str:
-    parts = [_time(step.get("at")), f'<span class="step">{_val(step.get("step"))}</span>']
+    name = step.get("step")
+    parts = [_time(step.get("at")), f'<span class="step">{_val(name)}</span>']
+    moved = name not in ("resolved", "acknowledged") or step.get("by") is None
     for key, word in (("from", "from"), ("handler", "to"), ("by", "by")):
-        if step.get(key) is not None:
+        if step.get(key) is not None and (key != "handler" or moved):
             parts.append(f'{word} <span class="{key}">{_val(step[key])}</span>')
-    if step.get("reason"):
-        parts.append(f'<span class="reason">({_val(step["reason"])})</span>')
+    reason = step.get("reason")
+    if reason and reason != f"{name} by {step.get('by')}":  # said already
+        parts.append(f'<span class="reason">({_val(reason)})</span>')
     if step.get("note"):
         parts.append(f'<q class="note">{_val(step["note"])}</q>')
     return f'<li class="step-{_token(step.get("step"))}">{" ".join(parts)}</li>'

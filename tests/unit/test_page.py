@@ -407,3 +407,25 @@ def test_a_closed_case_names_who_held_it_last() -> None:
     }
     page = tree(render_customer_page("c-1", [case], NOW))
     assert only(page, "dd", "handler").text() == "supervisors (until it closed)"
+
+
+def test_a_resolution_reads_once() -> None:
+    case = {
+        "exception_id": "b" * 32,
+        "status": "resolved",
+        "timeline": [
+            {"at": at(1), "step": "routed", "handler": "vip", "reason": "normal"},
+            {
+                "at": at(2),
+                "step": "resolved",
+                "handler": "vip",
+                "by": "vip",
+                "reason": "resolved by vip",
+                "note": "done",
+            },
+        ],
+    }
+    page = tree(render_customer_page("c-1", [case], NOW))
+    steps = [li.text() for li in only(page, "ol", "timeline").find("li")]
+    assert steps[0].endswith("routed to vip (normal)")
+    assert steps[1].endswith("resolved by vip done")
