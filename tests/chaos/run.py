@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -369,6 +370,16 @@ def chaos(
     cluster.start(slot)
 
 
+def lag_now(bootstrap: str, group: str, topics: list[str]) -> int | None:
+    """The group's lag on `topics`, or None while the broker cannot say (a coordinator or a
+    leader not elected yet after a restart)."""
+    try:
+        return asyncio.run(lag(bootstrap, group, topics))
+    except KafkaError as exc:
+        log(f"the group's lag is not known yet ({type(exc).__name__}): asking again")
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -469,7 +480,10 @@ def main() -> int:
         recovered_at = None
         while time.monotonic() < deadline:
             cluster.crashed += cluster.supervise()
-            behind = asyncio.run(lag(cluster.bootstrap, run_id, sources))
+            behind = lag_now(cluster.bootstrap, run_id, sources)
+            if behind is None:  # the broker is coming back from its restart
+                time.sleep(2)
+                continue
             if behind == 0 and recovered_at is None:
                 recovered_at = time.monotonic()
                 log("consumer group caught up with the input (lag 0)")
@@ -478,12 +492,15 @@ def main() -> int:
             if (
                 recovered_at
                 and datetime.now(UTC) > start + timedelta(seconds=150)
-                and asyncio.run(lag(cluster.bootstrap, run_id, [f"{run_id}-dispatch"])) < 60
+                and (lag_now(cluster.bootstrap, run_id, [f"{run_id}-dispatch"]) or 0) < 60
             ):
                 break
             time.sleep(2)
         else:
-            behind_by = asyncio.run(lagging(cluster.bootstrap, run_id, sources))
+            try:
+                behind_by: Any = asyncio.run(lagging(cluster.bootstrap, run_id, sources))
+            except KafkaError as exc:
+                behind_by = f"unknown: the broker did not answer ({type(exc).__name__})"
             log(f"the group did not catch up: {behind_by}")
             figures["stalled_partitions"] = behind_by
         time.sleep(5)
