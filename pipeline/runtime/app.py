@@ -50,7 +50,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         # In a thread with its own event loop: a request is answered while a batch of events
         # is being processed, not after it (the interpreter switches threads every few ms).
         web_in_thread=True,
-        web_port=runtime.api_port,
+        web_port=runtime.api_port or Runtime().api_port,  # Faust checks it even when off
         web_bind=runtime.api_bind,
         web_host=runtime.api_host or socket.gethostname(),
         web_router_enabled=False,
