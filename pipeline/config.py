@@ -100,7 +100,7 @@ class TopicSettings(_Section):
 
 class CaseStates(_Section):
     """The words a customer reads for each state of a case (`resolved` may use
-    {resolved_on}, the date: `7 December 2026`)."""
+    {resolved_on}, the date written as `messages.day` writes it)."""
 
     noticed: _Words = "We noticed"
     on_it: _Words = "We are on it"

@@ -1,5 +1,5 @@
 """The words a customer reads about a case: each rule's message template, the state words, and
-times written for people ("7 December 2026, 14:00 UTC").
+times written for people (day, month name, year, then hours:minutes UTC).
 
 Templates use Python's `str.format` placeholders, `{order_id}`, and nothing more: a field is
 named whole (a subject field with a dot, `{value.currency}`, is one name, not an attribute),
@@ -137,12 +137,12 @@ def problems(settings: CasesSettings, rules: Mapping[str, Rule]) -> list[str]:
 
 
 def when(t: float) -> str:
-    """A time for people, always in UTC: `7 December 2026, 14:00 UTC`."""
+    """A time for people, always in UTC: `day(t)`, then `HH:MM UTC`."""
     d = datetime.fromtimestamp(t, UTC)
     return f"{day(t)}, {d:%H:%M} UTC"
 
 
 def day(t: float) -> str:
-    """A date for people: `7 December 2026`."""
+    """A date for people: the day, the month's English name, the year."""
     d = datetime.fromtimestamp(t, UTC)
     return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
