@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from html import escape
 from http import HTTPStatus
 from typing import Any
+
+from pipeline.core.durations import age_text
 
 REDACTED = "[redacted]"
 OPEN = ("open", "escalated")
@@ -313,14 +315,7 @@ def _mapping_row(item: Any) -> str:
 
 def span_text(seconds: float) -> str:
     """A duration as an agent says it: 45 s, 12 min, 3 h 20 min, 2 d 4 h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
+    return age_text(timedelta(seconds=seconds), spoken=True)
 
 
 def _dt(value: Any) -> datetime | None:

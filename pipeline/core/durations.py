@@ -31,13 +31,16 @@ def parse_duration(value: Any) -> timedelta:
 Duration: TypeAlias = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def age_text(age: timedelta) -> str:
-    """How long ago, to the precision a handler needs: 45s, 12m, 5h07m, 3d04h."""
+def age_text(age: timedelta, *, spoken: bool = False) -> str:
+    """How long, to the precision a person needs, in two units at most: 45s, 12m, 5h07m, 3d04h
+    in a table; spoken (a page's prose): 45 s, 12 min, 5 h 7 min, 3 d 4 h."""
     s = max(0, int(age.total_seconds()))
     if s < 60:
-        return f"{s}s"
+        return f"{s} s" if spoken else f"{s}s"
     if s < 3600:
-        return f"{s // 60}m"
+        return f"{s // 60} min" if spoken else f"{s // 60}m"
     if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+        h, m = s // 3600, s % 3600 // 60
+        return f"{h} h {m} min" if spoken else f"{h}h{m:02d}m"
+    d, h = s // 86400, s % 86400 // 3600
+    return f"{d} d {h} h" if spoken else f"{d}d{h:02d}h"
