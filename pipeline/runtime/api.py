@@ -30,10 +30,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import orjson
-from faust.types import TP
 
 from pipeline.cases import book as books
 from pipeline.cases import page, views
@@ -53,7 +52,6 @@ ROUTES = {
 FORWARDED = "x-casewatch-forwarded"  # set on a request one worker passes on to another
 COOKIE = "casewatch_token"  # the CSR page's sign-in (a browser cannot send a bearer header)
 RETRY_AFTER = "2"  # seconds: about a rebalance's recovery of the cases table
-PARTITIONS_KEPT = 100_000  # customers whose partition is remembered (then forgotten at once)
 PEER_TIMEOUT = 2.0  # seconds a worker waits for another's answer
 STATUSES = ("open", "escalated", "resolved")
 JSON = "application/json"
@@ -317,8 +315,6 @@ def _bearer(headers: Mapping[str, str], *, cookie: bool) -> str | None:
         for part in headers.get("cookie", "").split(";"):
             name, _, text = part.strip().partition("=")
             if name == COOKIE and text:
-                from urllib.parse import unquote
-
                 return unquote(text)
     return None
 
@@ -339,7 +335,6 @@ class FaustPeers:
         self.app = app
         self.table = table
         self._sessions: dict[asyncio.AbstractEventLoop, Any] = {}
-        self._partitions: dict[bytes, int] = {}
 
     def _session(self) -> Any:
         """An HTTP client of the running loop's own (the API runs in a thread of its own)."""
@@ -355,20 +350,8 @@ class FaustPeers:
         return str(self.app.conf.canonical_url).rstrip("/")
 
     def owner(self, customer: bytes) -> str | None:
-        """The URL the assignor gives the customer's partition of the table's changelog (as
-        `app.router.key_store`, with the partition of each key remembered: the key hash is
-        pure Python, and a key's partition changes only with the partition count)."""
         try:
-            changelog = self.app.tables[self.table].changelog_topic.get_topic_name()
-            partition = self._partitions.get(customer)
-            if partition is None:
-                partition = self.app.producer.key_partition(changelog, customer).partition
-                if partition is None:
-                    return None
-                if len(self._partitions) >= PARTITIONS_KEPT:
-                    self._partitions.clear()
-                self._partitions[customer] = partition
-            url = str(self.app.assignor._tps_url[TP(changelog, partition)]).rstrip("/")
+            url = str(self.app.router.key_store(self.table, customer)).rstrip("/")
         except (KeyError, AttributeError, TypeError):
             return None  # no assignment yet, or the topic's metadata is not known yet
         return SELF if url == self.me() else url
