@@ -177,8 +177,9 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
 
     async def resolve(stream: Any) -> None:
         async for event in stream.events():
-            await worker.resolution(event.message)
-            await keeper.resolution(event.message)
+            resolution = await worker.resolution(event.message)
+            if resolution is not None:
+                await keeper.resolution(event.message, resolution)
 
     async def logged(stream: Any) -> None:
         async for event in stream.events():

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from pipeline.cases import book as books
 from pipeline.config import Config
-from pipeline.core.models import Resolution
 from pipeline.core.processor import Consumed
 from pipeline.runtime.metrics import Metrics
 from pipeline.runtime.worker import Table
@@ -50,17 +48,18 @@ class CaseKeeper:
         }
 
     async def record(self, msg: Consumed) -> None:
-        """One routed record of the exception log."""
-        await self._fold(msg, books.apply_record, "record")
-
-    async def resolution(self, msg: Consumed) -> None:
-        """One handler's message on the resolutions topic (the worker validated it or sent it
-        to the dead-letter topic; here an invalid one is skipped)."""
+        """One routed record of the exception log (written by dispatch: a record that is not
+        JSON of one is counted as a fold error)."""
         try:
-            Resolution.model_validate_json(msg.value or b"")
-        except ValidationError:
-            return  # dead-lettered by the worker, with the reason
-        await self._fold(msg, books.apply_resolution, "resolution")
+            item = orjson.loads(msg.value or b"")
+        except orjson.JSONDecodeError:
+            item = None
+        await self._fold(msg, item, books.apply_record, "record")
+
+    async def resolution(self, msg: Consumed, resolution: dict[str, Any]) -> None:
+        """One handler's update on the resolutions topic, as the worker validated it
+        (`Worker.resolution`; an invalid one was dead-lettered there and never comes here)."""
+        await self._fold(msg, resolution, books.apply_resolution, "resolution")
 
     def book(self, customer: bytes) -> Any:
         """The customer's book as this worker holds it (empty if none)."""
@@ -80,13 +79,10 @@ class CaseKeeper:
     def revoked(self) -> None:
         self.ready = False
 
-    async def _fold(self, msg: Consumed, apply: Any, what: str) -> None:
-        if not msg.key or not msg.value:
+    async def _fold(self, msg: Consumed, item: Any, apply: Any, what: str) -> None:
+        if not msg.key:
             return
         try:
-            item = orjson.loads(msg.value)
-            if not isinstance(item, dict) or not isinstance(item.get("exception_id"), str):
-                return  # not ours to judge: the worker dead-letters invalid resolutions
             old = self.table.get(msg.key)
             book = books.loads(old)
             folded = apply(book, item, **self._limits)

@@ -108,12 +108,13 @@ class Worker:
         except Exception:
             log.exception("internal error on the clock tick of partition %d", partition)
 
-    async def resolution(self, msg: Consumed) -> None:
+    async def resolution(self, msg: Consumed) -> dict[str, Any] | None:
         """A handler's update on `casewatch.resolutions` (keyed by customer): the customer's
-        open exceptions are updated and the update goes on to dispatch. Never raises."""
+        open exceptions are updated and the update goes on to dispatch. Returns the valid
+        update as sent on (None: dead-lettered). Never raises."""
         try:
             async with self.lock:
-                await self._resolution(msg)
+                return await self._resolution(msg)
         except Exception as exc:
             log.exception("internal error on a resolution: offset=%d", msg.offset)
             await self._dead_letter(
@@ -121,8 +122,9 @@ class Worker:
                 f"Casewatch failed on this resolution ({type(exc).__name__}: {exc})",
                 "internal_error",
             )
+            return None
 
-    async def _resolution(self, msg: Consumed) -> None:
+    async def _resolution(self, msg: Consumed) -> dict[str, Any] | None:
         try:
             resolution = Resolution.model_validate_json(msg.value or b"")
         except ValidationError as exc:
@@ -134,20 +136,21 @@ class Worker:
                 "handler, status (acknowledged, resolved or reassigned) and at (RFC 3339 with offset)",
                 "resolution_invalid",
             )
-            return
+            return None
         if not msg.key:
             await self._dead_letter(
                 msg,
                 "a resolution without a key: key it by the exception's customer_id",
                 "resolution_no_key",
             )
-            return
+            return None
         data = resolution.model_dump(mode="json", exclude_none=True)
         await self.dispatch.send(msg.key, orjson.dumps({"resolution": data}))
         if resolution.status == "resolved":
             updated = self.processor.resolved(msg.key, resolution.exception_id)
             if updated is not None:
                 await self.table.put(msg.key, updated, msg.partition)
+        return data
 
     def recovered(
         self, states: Iterable[tuple[bytes, bytes]], clocks: Iterable[tuple[int, bytes]]

@@ -139,7 +139,7 @@ def test_a_customers_cases_by_scope() -> None:
     for secret in ("fail-1", "logistics", "context", "evidence"):
         assert secret not in text
     nobody = get(served, "customer_cases", customer_id="c-9")
-    assert (nobody.status, body(nobody)) == (503, body(nobody))  # not owned, owner unknown
+    assert nobody.status == 503  # not owned, owner unknown
     served.peers.mine.add(b"c-9")  # type: ignore[attr-defined]
     assert body(get(served, "customer_cases", customer_id="c-9")) == {
         "customer_id": "c-9",
@@ -267,7 +267,7 @@ def test_a_record_read_twice_changes_nothing() -> None:
     assert [s["step"] for s in case["timeline"]] == ["detected", "routed"]
 
 
-def test_a_handlers_acknowledgement_shows_and_an_invalid_resolution_is_left_to_the_worker() -> None:
+def test_a_handlers_acknowledgement_shows_and_a_broken_log_record_is_counted() -> None:
     record = routed("c-1", 1)
     served, metrics = api(Peers(mine={b"c-1"}), record)
     ack = {
@@ -278,14 +278,15 @@ def test_a_handlers_acknowledgement_shows_and_an_invalid_resolution_is_left_to_t
         "note": "calling the carrier",
     }
     keeper = served.keeper
-    asyncio.run(keeper.resolution(Msg(b"c-1", orjson.dumps(ack))))
-    asyncio.run(keeper.resolution(Msg(b"c-1", b'{"exception_id": "x", "status": "lost"}')))
+    asyncio.run(keeper.resolution(Msg(b"c-1", orjson.dumps(ack)), ack))
+    asyncio.run(keeper.record(Msg(b"c-1", b'{"exception_id": "x"')))
     (case,) = body(get(served, "customer_cases", customer_id="c-1"))["cases"]
     assert [(s["step"], s["note"]) for s in case["timeline"]][-1] == (
         "acknowledged",
         "calling the carrier",
     )
     assert metrics.case_errors.labels("resolution")._value.get() == 0
+    assert metrics.case_errors.labels("record")._value.get() == 1
 
 
 def test_the_openapi_document_is_served_without_a_token_and_is_the_committed_one() -> None:
