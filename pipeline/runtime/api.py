@@ -23,6 +23,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -164,7 +165,7 @@ class CaseApi:
         form: Mapping[str, str] | None,
     ) -> Reply:
         if route == "openapi":
-            return Reply(200, orjson.dumps(views.openapi(), option=orjson.OPT_INDENT_2))
+            return Reply(200, _openapi())
         if route == "login":
             return self._login(form or {})
         scope = self.tokens.scope(_bearer(headers, cookie=route == "page"))
@@ -317,6 +318,12 @@ def _bearer(headers: Mapping[str, str], *, cookie: bool) -> str | None:
             if name == COOKIE and text:
                 return unquote(text)
     return None
+
+
+@functools.cache
+def _openapi() -> bytes:
+    """The OpenAPI document, built once: it depends on nothing a request changes."""
+    return orjson.dumps(views.openapi(), option=orjson.OPT_INDENT_2)
 
 
 def _target(path: str, query: Mapping[str, str]) -> str:
