@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,7 +117,7 @@ class Engine:
             findings.extend(step.findings)
         if rules is None:
             return state, findings
-        return with_findings(replace(state, rules=rules), findings), findings
+        return with_findings(state._replace(rules=rules), findings), findings
 
     def next_deadline(self, state: CustomerState) -> float | None:
         """When `fire` next has something to do for this customer, or None."""
@@ -187,14 +187,14 @@ def with_findings(state: CustomerState, findings: list[Finding]) -> CustomerStat
             opened[f.exception_id] = {"rule": f.rule, "status": "open", "subject": dict(f.subject)}
         else:
             opened.pop(f.exception_id, None)
-    return replace(state, open=dict(list(opened.items())[-OPEN_MAX:]))
+    return state._replace(open=dict(list(opened.items())[-OPEN_MAX:]))
 
 
 def without_open(state: CustomerState, exception_id: str) -> CustomerState:
     """The state once a handler resolved one of the customer's exceptions."""
     if exception_id not in state.open:
         return state
-    return replace(state, open={k: v for k, v in state.open.items() if k != exception_id})
+    return state._replace(open={k: v for k, v in state.open.items() if k != exception_id})
 
 
 def _recent(

@@ -11,12 +11,11 @@ every reason for a rejection stay pydantic's.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
@@ -54,141 +53,140 @@ def decode_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) 
     of `parse_event`'s event: its fields with defaults applied, times as datetimes, amounts
     as Decimals, unknown fields after the known ones). Raises `InvalidEvent` as `parse_event`
     does, with the same reasons."""
-    if value and len(value) <= max_bytes:
+    if value and len(value) <= max_bytes and _plain(value.translate(_SCAN)):
         try:
             raw = orjson.loads(value)
         except orjson.JSONDecodeError:
             raw = None
         kind = raw.get("type") if raw.__class__ is dict else None
-        fields = _FAST.get(kind) if kind.__class__ is str else None
-        # orjson reads an integer beyond 64 bits as a float, pydantic as an int: such a number
-        # (or any run of 19 digits, even in a string) goes to pydantic.
-        if fields is not None and _LONG_NUMBER.search(value) is None:
-            event = _checked(raw, fields)
+        fast = _FAST.get(kind) if kind.__class__ is str else None
+        if fast is not None:
+            event = _checked(raw, fast)
             if event is not None:
                 return event
     data: dict[str, Any] = parse_event(value, max_bytes).model_dump()
     return data
 
 
-_MISSING = object()
-_LONG_NUMBER = re.compile(rb"\d{19}")
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
-_AMOUNT = re.compile(r"\d{1,20}(?:\.\d{1,8})?")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_Check = Callable[[Any], Any]  # the field's value as model_dump gives it, or _MISSING
+# A value's bytes as what `_plain` looks for: digits as 0, opening brackets as [, the rest blank.
+_SCAN = bytes(
+    ord("0") if chr(b).isdigit() and b < 128 else ord("[") if b in b"[{" else ord(" ")
+    for b in range(256)
+)
+_LONG = b"0" * 19
+_BRACKETS = 100  # fewer opening brackets than this nest less deep than pydantic's limit
 
 
-def _time(v: Any) -> Any:
-    if v.__class__ is not str or not _TIME.fullmatch(v):
-        return _MISSING
-    try:
-        return datetime.fromisoformat(v)
-    except ValueError:  # e.g. month 13: pydantic says why
-        return _MISSING
+def _plain(scanned: bytes) -> bool:
+    """Whether a value is for the per-event path. orjson reads an integer beyond 64 bits as a
+    float, pydantic as an int: such a number (or any run of 19 digits, even in a string) goes
+    to pydantic, and so does a value that could nest deeper than pydantic's parser allows."""
+    return _LONG not in scanned and scanned.count(b"[") < _BRACKETS
 
 
-def _one_of(*allowed: str) -> _Check:
-    def check(v: Any) -> Any:
-        return v if v.__class__ is str and v in allowed else _MISSING
-
-    return check
-
-
-def _money(v: Any) -> Any:
-    if v.__class__ is not dict or len(v) != 2:
-        return _MISSING
-    amount, currency = v.get("amount"), v.get("currency")
-    if (
-        amount.__class__ is not str
-        or currency.__class__ is not str
-        or not _AMOUNT.fullmatch(amount)
-        or not _CURRENCY.fullmatch(currency)
-    ):
-        return _MISSING
-    return {"amount": Decimal(amount), "currency": currency}
-
-
+_TIME = r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)\Z"
 _ID, _LABEL, _TEXT = (1, 128), (1, 200), (0, 4000)  # text: least and most characters
-# Each field of the contract's events by name, checked as its model declares it (the same
-# name has the same type in every event: test_fuzz holds the checks to the models).
-_CHECKS: dict[str, _Check | tuple[int, int]] = {
-    "event_id": _ID,
-    "customer_id": _ID,
-    "order_id": _ID,
-    "asset_id": _ID,
-    "occurred_at": _time,
-    "promised_by": _time,
-    "source": _LABEL,
-    "category": _LABEL,
-    "tier": _LABEL,
-    "segment": _LABEL,
-    "region": _LABEL,
-    "carrier": _LABEL,
-    "tracking_id": _LABEL,
-    "summary": _TEXT,
-    "name": _TEXT,
-    "reason": _TEXT,
-    "channel": _one_of("call", "chat", "email", "visit", "letter", "social", "web"),
-    "sentiment": _one_of("negative", "neutral", "positive"),
-    "transferred": lambda v: v if v.__class__ is bool else _MISSING,
-    "attributes": lambda v: v if v.__class__ is dict else _MISSING,
-    "value": _money,
+
+
+class _Money(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Annotated[str, msgspec.Meta(pattern=r"\A\d{1,20}(?:\.\d{1,8})?\Z")]
+    currency: Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{3}\Z")]
+
+
+def _text(least: int, most: int) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=least, max_length=most)]
+
+
+# Each field of the contract's events by name, as msgspec checks it: what its model declares,
+# or stricter (then pydantic decides: test_fuzz holds the checks to the models). The same name
+# has the same type in every event. Times are checked as text here and read by `_read`.
+_CHECKS: dict[str, Any] = {
+    "event_id": _text(*_ID),
+    "customer_id": _text(*_ID),
+    "order_id": _text(*_ID),
+    "asset_id": _text(*_ID),
+    "occurred_at": Annotated[str, msgspec.Meta(pattern=_TIME)],
+    "promised_by": Annotated[str, msgspec.Meta(pattern=_TIME)],
+    "source": _text(*_LABEL),
+    "category": _text(*_LABEL),
+    "tier": _text(*_LABEL),
+    "segment": _text(*_LABEL),
+    "region": _text(*_LABEL),
+    "carrier": _text(*_LABEL),
+    "tracking_id": _text(*_LABEL),
+    "summary": _text(*_TEXT),
+    "name": _text(*_TEXT),
+    "reason": _text(*_TEXT),
+    "channel": Literal["call", "chat", "email", "visit", "letter", "social", "web"],
+    "sentiment": Literal["negative", "neutral", "positive"],
+    "transferred": bool,
+    "attributes": dict[str, Any],
+    "value": _Money,
 }
-# type -> its fields in the model's order: (name, check or None for text, least and most
-# characters of text, default; _MISSING when required)
-_Fields = tuple[tuple[str, _Check | None, int, int, Any], ...]
+_TIMES = ("occurred_at", "promised_by")
 
 
-def _fast_fields() -> dict[Any, _Fields]:
-    fast: dict[Any, _Fields] = {}
+class _Fast(NamedTuple):
+    """One event type's check: a msgspec struct of its fields in the model's order, their
+    names, and the fields read after it (times, money)."""
+
+    struct: type[msgspec.Struct]
+    names: frozenset[str]
+    times: tuple[str, ...]
+    money: bool
+
+
+def _fast_types() -> dict[Any, _Fast]:
+    fast: dict[Any, _Fast] = {}
     for model in EVENT_MODELS:
         names = [n for n in model.model_fields if n != "type"]
         if any(n not in _CHECKS for n in names):
             continue  # a field the fast path does not know: pydantic validates this type
         kind = model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        fields: list[tuple[str, _Check | None, int, int, Any]] = []
+        fields: list[Any] = []
         for name, info in model.model_fields.items():
             if name == "type":
-                fields.append((name, _one_of(kind), 0, 0, _MISSING))
-                continue
-            default = _MISSING if info.is_required() else info.default
-            check = _CHECKS[name]
-            if isinstance(check, tuple):
-                fields.append((name, None, *check, default))
+                fields.append((name, Literal[kind]))
+            elif info.is_required():
+                fields.append((name, _CHECKS[name]))
+            elif info.default is None:
+                fields.append((name, _CHECKS[name] | None, None))
             else:
-                fields.append((name, check, 0, 0, default))
-        fast[kind] = tuple(fields)
+                fields.append((name, _CHECKS[name], info.default))
+        struct = msgspec.defstruct(f"_{model.__name__}", fields, kw_only=True)
+        fast[kind] = _Fast(
+            struct,
+            frozenset(model.model_fields),
+            tuple(n for n in _TIMES if n in model.model_fields),
+            "value" in model.model_fields,
+        )
     return fast
 
 
-_FAST = _fast_fields()
+_FAST = _fast_types()
+_as_dict = msgspec.structs.asdict
+_convert = msgspec.convert
 
 
-def _checked(raw: dict[str, Any], fields: _Fields) -> dict[str, Any] | None:
+def _checked(raw: dict[str, Any], fast: _Fast) -> dict[str, Any] | None:
     """The event as model_dump gives it, or None when a field is not plainly valid."""
-    out: dict[str, Any] = {}
-    given = 0
-    for name, check, least, most, default in fields:
-        v = raw.get(name, _MISSING)
-        if v is not _MISSING:
-            given += 1
-        if v is _MISSING or (v is None and default is None):
-            if default is _MISSING:
+    try:
+        out = _as_dict(_convert(raw, fast.struct))
+    except msgspec.ValidationError:
+        return None
+    for name in fast.times:
+        v = out[name]
+        if v is not None:
+            try:
+                out[name] = datetime.fromisoformat(v)
+            except ValueError:  # e.g. month 13: pydantic says why
                 return None
-            out[name] = default
-            continue
-        if check is None:  # text, checked here: most fields are
-            if v.__class__ is not str or not least <= len(v) <= most:
-                return None
-        else:
-            v = check(v)
-            if v is _MISSING:
-                return None
-        out[name] = v
-    if given < len(raw):  # unknown fields are kept, after the known ones
+    if fast.money:
+        money = out["value"]
+        out["value"] = {"amount": Decimal(money.amount), "currency": money.currency}
+    if not raw.keys() <= fast.names:  # unknown fields are kept, after the known ones
         for name, v in raw.items():
-            if name not in out:
+            if name not in fast.names:
                 out[name] = v
     return out
 

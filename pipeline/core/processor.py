@@ -25,9 +25,9 @@ cannot drift apart (tests/unit/test_processor.py runs both over the same records
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -92,21 +92,35 @@ class Found:
     clock: float
 
 
-@dataclass
 class Output:
     """What one call asks the caller to do, in this order: send `letters`, `rekeys` and
-    `found` (acknowledged), then write `states` and `clock_record`, then move the offsets."""
+    `found` (acknowledged), then write `states` and `clock_record`, then move the offsets.
 
-    letters: list[Letter] = field(default_factory=list)
-    rekeys: list[tuple[bytes, Consumed]] = field(default_factory=list)  # (customer, record)
-    found: list[Found] = field(default_factory=list)
-    states: dict[bytes, bytes] = field(default_factory=dict)  # customer -> stored state
-    # the partition's clock to record (clocks table) and report to dispatch, when it moved
-    # `REPORT` since the last one (ticks only)
-    clock_record: bytes | None = None
-    clock: float = NEVER  # the partition's clock after this call
-    # ("events", topic, type), ("duplicates" | "late" | "rekeyed", topic, "")
-    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    A plain class with slots: the replay makes one per line."""
+
+    __slots__ = (
+        "clock",
+        "clock_record",
+        "counts",
+        "found",
+        "letters",
+        "newest",
+        "rekeys",
+        "states",
+    )
+
+    def __init__(self) -> None:
+        self.letters: list[Letter] = []
+        self.rekeys: list[tuple[bytes, Consumed]] = []  # (customer, record)
+        self.found: list[Found] = []
+        self.states: dict[bytes, bytes] = {}  # customer -> stored state
+        # the partition's clock to record (clocks table) and report to dispatch, when it moved
+        # `REPORT` since the last one (ticks only)
+        self.clock_record: bytes | None = None
+        self.clock = NEVER  # the partition's clock after this call
+        self.newest = NEVER  # the newest event time among the valid records (replay's end)
+        # ("events", topic, type), ("duplicates" | "late" | "rekeyed", topic, "") -> count
+        self.counts: defaultdict[tuple[str, str, str], int] = defaultdict(int)
 
 
 class Processor:
@@ -256,6 +270,8 @@ class Processor:
             out.counts["rekeyed", record.topic, ""] += 1
             return
         t = occurred(data)
+        if t > out.newest:
+            out.newest = t
         kind = data["type"]
         source = self._inputs[1] if kind.startswith("order.") else self._inputs[0]
         if clock.observe(source, t, wall, unread):
@@ -271,7 +287,7 @@ class Processor:
             return
         out.counts["events", record.topic, kind] += 1
         if updated.partition != partition:
-            updated = replace(updated, partition=partition)
+            updated = updated._replace(partition=partition)
         new, findings = self.engine.observe(updated, data, now)
         if findings:
             position = (

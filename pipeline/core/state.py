@@ -25,10 +25,10 @@ import hashlib
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from math import ceil
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -184,7 +184,13 @@ class _Stored(msgspec.Struct, array_like=True):
     open: dict[str, Any]
 
 
-_encode = msgspec.msgpack.Encoder().encode
+def _unsupported(value: Any) -> Any:
+    if isinstance(value, MappingProxyType):  # a new state's shared empty mapping (`_NONE`)
+        return dict(value)
+    raise TypeError(f"a customer state cannot hold a {type(value).__name__}")
+
+
+_encode = msgspec.msgpack.Encoder(enc_hook=_unsupported).encode
 _decode = msgspec.msgpack.Decoder(_Stored).decode
 
 
@@ -228,23 +234,27 @@ def _read_v5(body: bytes) -> CustomerState:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerState:
-    """Everything Casewatch remembers about one customer."""
+_NONE: Mapping[str, Any] = MappingProxyType({})  # the empty mapping every new state shares
+
+
+class CustomerState(NamedTuple):
+    """Everything Casewatch remembers about one customer. Never changed in place: a new state
+    is made (`_replace`) on every event; a named tuple, as a frozen dataclass costs several
+    times more to make."""
 
     # remembered event ids: 8-byte digests packed together, and their times in whole seconds
     # (rounded up: an id is kept at most a second longer, never forgotten early), oldest first
     seen_ids: bytes = b""
     seen_times: tuple[int, ...] = ()
     # rule name -> [rule_version, detector state]; a changed rule starts from a fresh state
-    rules: Mapping[str, Any] = field(default_factory=dict)
+    rules: Mapping[str, Any] = _NONE
     profile: Mapping[str, Any] | None = None
     partition: int | None = None
     # context: recent events [time, type, detail], newest last; open orders by id; this
     # customer's open exceptions by id {rule, status, subject}
     recent: tuple[tuple[float, str, str], ...] = ()
-    orders: Mapping[str, Any] = field(default_factory=dict)
-    open: Mapping[str, Any] = field(default_factory=dict)
+    orders: Mapping[str, Any] = _NONE
+    open: Mapping[str, Any] = _NONE
 
     def to_bytes(self, compress: bool = True) -> bytes:
         """Serialise for the table (version 5, `_write_v5`), compressed unless `compress` is

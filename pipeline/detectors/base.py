@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 S = TypeVar("S")
 Instant = float  # seconds since the epoch, event time
@@ -52,12 +52,12 @@ def exception_id(rule: str, customer_id: str, subject: Mapping[str, str], trigge
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class Step(Generic[S]):
-    """What one call returns: the new state and what it found."""
+class Step(NamedTuple, Generic[S]):
+    """What one call returns: the new state and what it found (a named tuple: made for
+    every rule an event reaches)."""
 
     state: S
-    findings: tuple[Finding, ...] = field(default=())
+    findings: tuple[Finding, ...] = ()
 
 
 class Detector(Protocol[S]):

@@ -26,7 +26,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.config import Config
 from pipeline.core.clock import NEVER, PipelineClock
-from pipeline.core.engine import occurred
 from pipeline.core.ingest import topic_for
 from pipeline.core.models import ExceptionRecord
 from pipeline.core.processor import Output, Processor, Record
@@ -80,6 +79,9 @@ class Replay:
         self.newest = float("-inf")
         self.errors = errors if errors is not None else sys.stderr
         self._partitions: dict[str, int] = {}  # customer -> partition (murmur2 is slow)
+        self._reported: tuple[float, int] | None = (
+            None  # the last clock message sent, until a record
+        )
 
     def feed(self, lines: Iterable[bytes], name: str = "<input>") -> Iterator[ExceptionRecord]:
         """Process lines in order; yield every exception record as it is found."""
@@ -88,7 +90,7 @@ class Replay:
             self.summary.lines += 1
             if not line.strip():
                 continue
-            customer, kind, t = _peek(line)
+            customer, kind = _peek(line)
             partition = self._partitions.get(customer, -1) if customer is not None else 0
             if partition < 0 and customer is not None:
                 partition = self._partitions[customer] = partition_for(customer, partitions)
@@ -102,8 +104,8 @@ class Replay:
                     f"{name}:{number}: invalid ({letter.error_class}): {letter.reason}",
                     file=self.errors,
                 )
-            if t is not None and not out.letters:
-                self.newest = max(self.newest, t)
+            if out.newest > self.newest:
+                self.newest = out.newest
             yield from self._apply(partition, out)
 
     def finish(self, until: float | None = None) -> Iterator[ExceptionRecord]:
@@ -120,8 +122,13 @@ class Replay:
         # Through the same decisions as the live dispatch agent (capacity, overflow, SLA
         # escalation in event time), as the messages a worker would send it.
         messages: list[dict[str, Any]] = []
-        if report and out.clock != NEVER:
+        # A partition's clock reported again at the same time, with nothing decided since the
+        # last report, changes nothing: not sent.
+        if report and out.clock != NEVER and (out.clock, partition) != self._reported:
             messages.append({"clock": {"p": partition, "t": out.clock}})
+            self._reported = (out.clock, partition)
+        if out.found:
+            self._reported = None
         for found in out.found:
             data = found.record.model_dump(mode="json", exclude_none=True)
             messages.append({"exception": data, "clock": {"p": partition, "t": found.clock}})
@@ -148,20 +155,18 @@ def customer_key(customer: str | None) -> bytes | None:
     return customer.encode() if customer is not None else None
 
 
-def _peek(line: bytes) -> tuple[str | None, str, float | None]:
-    """Customer, event type and time of a line, read only to place it (its partition and
-    topic, as `casewatch produce` would); the processor validates it."""
+def _peek(line: bytes) -> tuple[str | None, str]:
+    """Customer and event type of a line, read only to place it (its partition and topic, as
+    `casewatch produce` would); the processor validates it."""
     try:
         data = orjson.loads(line)
         customer = data.get("customer_id")
         kind = data.get("type")
-        t = occurred(data) if isinstance(data.get("occurred_at"), str) else None
     except Exception:
-        return None, "", None
+        return None, ""
     return (
         customer if isinstance(customer, str) else None,
         kind if isinstance(kind, str) else "",
-        t,
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -379,7 +378,7 @@ def test_an_absence_stored_before_evidence_times_still_names_its_evidence() -> N
     version, entries = state.rules["missing_delivery"]
     assert entries["o-1"]["ev"] == [["s1", T0.timestamp()]]  # what this version stores
     old = {"o-1": {**entries["o-1"], "ev": ["s1"]}}
-    stored = replace(state, rules={**state.rules, "missing_delivery": [version, old]}).to_bytes()
+    stored = state._replace(rules={**state.rules, "missing_delivery": [version, old]}).to_bytes()
     delivered = ev("d1", "order.delivered", 10, "c-1", order_id="o-1")
     r = Replay(CONFIG, errors=io.StringIO())
     r.states[b"c-1"] = stored

@@ -9,7 +9,6 @@ import math
 import random
 import struct
 import tracemalloc
-from dataclasses import replace
 from datetime import timedelta
 
 import orjson
@@ -211,8 +210,7 @@ def test_a_customers_state_is_stored_in_well_under_half_its_plain_json() -> None
         t += rng.uniform(600, 12 * 3600)
         step = state.remember(f"crm-{rng.getrandbits(64):016x}", t, WEEK, 256)
         assert step is not None
-        state = replace(
-            step,
+        state = step._replace(
             recent=(*step.recent, (t, "interaction.contact", rng.choice(CATEGORIES)))[-20:],
         )
     as_json = orjson.dumps(
