@@ -189,3 +189,12 @@ def test_the_per_event_path_checks_every_type_and_knows_every_field() -> None:
     assert set(_FAST) == set(EVENT_TYPES)
     names = {name for model in EVENT_MODELS for name in model.model_fields if name != "type"}
     assert names == set(_CHECKS)
+
+
+def test_attributes_nested_deeper_than_the_parser_allows_are_refused_on_both_paths() -> None:
+    """orjson reads deeper JSON than pydantic does: the per-event path must not accept what
+    parse_event refuses."""
+    deep = raw()[:-1] + b',"attributes":{"x":' + b"[" * 300 + b"]" * 300 + b"}}"
+    assert reject(deep).error_class == "json_too_deep"
+    shallow = raw()[:-1] + b',"attributes":{"x":' + b"[" * 50 + b"]" * 50 + b"}}"
+    assert list(decode_event(shallow).items()) == list(parse_event(shallow).model_dump().items())
