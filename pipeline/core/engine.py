@@ -121,12 +121,16 @@ class Engine:
 
     def next_deadline(self, state: CustomerState) -> float | None:
         """When `fire` next has something to do for this customer, or None."""
-        due = [
-            r.detector.next_deadline(self._state(state.rules, r))
-            for r in self._timed
-            if r.name in state.rules
-        ]
-        return min((d for d in due if d is not None), default=None)
+        rules = state.rules
+        best: float | None = None
+        for r in self._timed:
+            saved = rules.get(r.name)
+            if saved is None:
+                continue
+            d = r.detector.next_deadline(saved[1] if saved[0] == r.version else r.initial)
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def record(
         self,

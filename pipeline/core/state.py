@@ -6,7 +6,7 @@ state tagged with the rule's version, the customer's latest profile, recent even
 and open exceptions for context, and the partition that owns the customer (so the deadline
 index can be rebuilt after a rebalance).
 
-Stored (version 5) as MessagePack (`_Stored`: the fields in order, no keys) compressed with
+Stored (version 5) as MessagePack (the fields in order, no keys: `_write_v5`) compressed with
 Zstandard (`pipeline.compress_state`, default true): msgspec reads and writes it in C straight
 into the state's tuples and bytes, so an event pays no Python-level packing; zstd shrinks the
 repeated type names, categories and keys. Remembered ids are 8-byte digests packed together
@@ -167,21 +167,12 @@ def plain(data: bytes) -> dict[str, Any]:
     return raw
 
 
-class _Stored(msgspec.Struct, array_like=True):
-    """Version 5 as MessagePack: the state's fields in order, as an array (no keys), that
-    msgspec reads and writes in C, straight into the tuples and bytes the state holds. Recent
-    events are three columns, their types as `_TYPES` codes (names for types not listed)."""
-
-    seen_ids: bytes
-    seen_times: tuple[int, ...]
-    rules: dict[str, list[Any]]
-    profile: dict[str, Any] | None
-    partition: int | None
-    times: tuple[float, ...]
-    kinds: list[int | str]
-    details: tuple[str, ...]
-    orders: dict[str, Any]
-    open: dict[str, Any]
+# Version 5 as MessagePack: an array of the state's fields in this order, no keys: seen_ids
+# (bytes), seen_times [int], rules {name: [version, state]}, profile ({...} or None), partition
+# (int or None), then the recent events as three columns: times [float], kinds [int or str:
+# `_TYPES` codes, names for types not listed], details [str]; then orders {...}, open {...}.
+# msgspec reads and writes it in C, untyped (a typed decoder checks every field and costs half
+# as much again).
 
 
 def _unsupported(value: Any) -> Any:
@@ -191,7 +182,7 @@ def _unsupported(value: Any) -> Any:
 
 
 _encode = msgspec.msgpack.Encoder(enc_hook=_unsupported).encode
-_decode = msgspec.msgpack.Decoder(_Stored).decode
+_decode = msgspec.msgpack.Decoder().decode
 
 
 def _write_v5(state: CustomerState) -> bytes:
@@ -200,37 +191,38 @@ def _write_v5(state: CustomerState) -> bytes:
     if None in codes:  # a type not listed: kept by name
         codes = [_TYPE_CODE.get(k, k) for k in kinds]
     return _V5 + _encode(
-        _Stored(
+        (
             state.seen_ids,
             state.seen_times,
-            state.rules,  # type: ignore[arg-type]
-            state.profile,  # type: ignore[arg-type]
+            state.rules,
+            state.profile,
             state.partition,
             times,
             codes,
             details,
-            state.orders,  # type: ignore[arg-type]
-            state.open,  # type: ignore[arg-type]
+            state.orders,
+            state.open,
         )
     )
 
 
 def _read_v5(body: bytes) -> CustomerState:
-    s = _decode(memoryview(body)[1:])
-    codes: list[Any] = s.kinds
+    ids, seen_times, rules, profile, partition, times, codes, details, orders, open_ = _decode(
+        memoryview(body)[1:]
+    )
     try:
         kinds = list(map(_TYPES.__getitem__, codes))
     except TypeError:  # a type not listed, by name
         kinds = [_TYPES[k] if k.__class__ is int else k for k in codes]
     return CustomerState(
-        s.seen_ids,
-        s.seen_times,
-        s.rules,
-        s.profile,
-        s.partition,
-        tuple(zip(s.times, kinds, s.details, strict=True)),
-        s.orders,
-        s.open,
+        ids,
+        tuple(seen_times),
+        rules,
+        profile,
+        partition,
+        tuple(zip(times, kinds, details, strict=True)),
+        orders,
+        open_,
     )
 
 
@@ -316,9 +308,13 @@ class CustomerState(NamedTuple):
             return None
         newest = max(at, times[-1]) if times else at
         first = bisect_left(times, newest - window.total_seconds())
-        at_ = max(first, bisect_right(times, at))  # an id older than the window goes first
-        kept_times = (*times[first:at_], ceil(at), *times[at_:])[-max_ids:]
-        kept_ids = (ids[8 * first : 8 * at_] + key + ids[8 * at_ :])[-8 * max_ids :]
+        if not times or times[-1] <= at:  # in order, as almost always: appended
+            kept_times = (*times[first:], ceil(at))[-max_ids:]
+            kept_ids = (ids[8 * first :] + key)[-8 * max_ids :]
+        else:
+            at_ = max(first, bisect_right(times, at))  # an id older than the window goes first
+            kept_times = (*times[first:at_], ceil(at), *times[at_:])[-max_ids:]
+            kept_ids = (ids[8 * first : 8 * at_] + key + ids[8 * at_ :])[-8 * max_ids :]
         return CustomerState(
             kept_ids,
             kept_times,

@@ -21,6 +21,7 @@ from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_
 
 # Per group key: {"e": [[time, event_id], ...] sorted by time, "q": quiet until}
 State = Mapping[str, Mapping[str, Any]]
+_NEW: Mapping[str, Any] = {"e": (), "q": None}  # a group not seen before (never changed)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,11 @@ class ThresholdDetector:
             return Step(state)
         t = epoch(event["occurred_at"])
         key = "\x1f".join(field_text(event, f) for f in self.group_by)
-        group = state.get(key, {"e": [], "q": None})
-        events = sorted([*group["e"], [t, event["event_id"]]])
+        group = state.get(key, _NEW)
+        entry = [t, event["event_id"]]
+        before = group["e"]
+        # In order, as almost always: appended; else in its place, as sorted() would put it.
+        events = [*before, entry] if not before or before[-1] <= entry else sorted([*before, entry])
         newest = events[-1][0]
         kept = [e for e in events if e[0] > newest - self.window][-max(2 * self.count, 32) :]
         quiet = group["q"]  # None: not fired yet (JSON has no -inf)
