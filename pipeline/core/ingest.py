@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import msgspec
 import orjson
@@ -54,6 +54,20 @@ def decode_event(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) 
     as Decimals, unknown fields after the known ones). Raises `InvalidEvent` as `parse_event`
     does, with the same reasons."""
     if value and len(value) <= max_bytes and _plain(value.translate(_SCAN)):
+        # The usual event: read and checked by msgspec straight from the bytes.
+        try:
+            known = _decode_known(value)
+        except msgspec.DecodeError:  # not plainly valid, or with fields of its own: below
+            known = None
+        if known is not None:
+            of = _BY_STRUCT[known.__class__]
+            values = _as_tuple(known)
+            at = of.type_at
+            event = _finished(
+                dict(zip(of.order, (*values[:at], of.kind, *values[at:]), strict=True)), of
+            )
+            if event is not None:
+                return event
         try:
             raw = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -127,11 +141,16 @@ _TIMES = ("occurred_at", "promised_by")
 
 
 class _Fast(NamedTuple):
-    """One event type's check: a msgspec struct of its fields in the model's order, their
-    names, and the fields read after it (times, money)."""
+    """One event type's check: msgspec structs of its fields in the model's order (`struct`
+    for a dict, `known` for the bytes of an event with no other fields, its type as the
+    tag), their names, and the fields read after them (times, money)."""
 
+    kind: str
     struct: type[msgspec.Struct]
+    known: type[msgspec.Struct]
+    order: tuple[str, ...]  # the model's fields, in order
     names: frozenset[str]
+    type_at: int  # where "type" is among them
     times: tuple[str, ...]
     money: bool
 
@@ -153,18 +172,32 @@ def _fast_types() -> dict[Any, _Fast]:
                 fields.append((name, _CHECKS[name] | None, None))
             else:
                 fields.append((name, _CHECKS[name], info.default))
-        struct = msgspec.defstruct(f"_{model.__name__}", fields, kw_only=True)
+        order = tuple(model.model_fields)
         fast[kind] = _Fast(
-            struct,
-            frozenset(model.model_fields),
-            tuple(n for n in _TIMES if n in model.model_fields),
-            "value" in model.model_fields,
+            kind,
+            msgspec.defstruct(f"_{model.__name__}", fields, kw_only=True),
+            msgspec.defstruct(
+                f"_Known{model.__name__}",
+                [f for f in fields if f[0] != "type"],
+                kw_only=True,
+                tag_field="type",
+                tag=kind,
+                forbid_unknown_fields=True,
+            ),
+            order,
+            frozenset(order),
+            order.index("type"),
+            tuple(n for n in _TIMES if n in order),
+            "value" in order,
         )
     return fast
 
 
 _FAST = _fast_types()
+_BY_STRUCT = {f.known: f for f in _FAST.values()}
+_decode_known = msgspec.json.Decoder(Union[tuple(_BY_STRUCT)]).decode  # noqa: UP007
 _as_dict = msgspec.structs.asdict
+_as_tuple = msgspec.structs.astuple
 _convert = msgspec.convert
 
 
@@ -174,6 +207,17 @@ def _checked(raw: dict[str, Any], fast: _Fast) -> dict[str, Any] | None:
         out = _as_dict(_convert(raw, fast.struct))
     except msgspec.ValidationError:
         return None
+    event = _finished(out, fast)
+    if event is not None and not raw.keys() <= fast.names:
+        for name, v in raw.items():  # unknown fields are kept, after the known ones
+            if name not in fast.names:
+                event[name] = v
+    return event
+
+
+def _finished(out: dict[str, Any], fast: _Fast) -> dict[str, Any] | None:
+    """The checked fields as model_dump gives them: times as datetimes, money as Decimal;
+    None when a time is not one."""
     for name in fast.times:
         v = out[name]
         if v is not None:
@@ -184,10 +228,6 @@ def _checked(raw: dict[str, Any], fast: _Fast) -> dict[str, Any] | None:
     if fast.money:
         money = out["value"]
         out["value"] = {"amount": Decimal(money.amount), "currency": money.currency}
-    if not raw.keys() <= fast.names:  # unknown fields are kept, after the known ones
-        for name, v in raw.items():
-            if name not in fast.names:
-                out[name] = v
     return out
 
 

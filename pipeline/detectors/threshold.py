@@ -49,23 +49,36 @@ class ThresholdDetector:
         if not matches_any(self.when, event):
             return Step(state)
         t = epoch(event["occurred_at"])
-        key = "\x1f".join(field_text(event, f) for f in self.group_by)
+        by = self.group_by
+        key = (
+            field_text(event, by[0])
+            if len(by) == 1
+            else "\x1f".join(field_text(event, f) for f in by)
+        )
         group = state.get(key, _NEW)
         entry = [t, event["event_id"]]
         before = group["e"]
         # In order, as almost always: appended; else in its place, as sorted() would put it.
-        events = [*before, entry] if not before or before[-1] <= entry else sorted([*before, entry])
-        newest = events[-1][0]
-        kept = [e for e in events if e[0] > newest - self.window][-max(2 * self.count, 32) :]
+        in_order = not before or before[-1] <= entry
+        events = [*before, entry] if in_order else sorted([*before, entry])
+        horizon = events[-1][0] - self.window
+        first, n = 0, len(events)
+        while first < n and events[first][0] <= horizon:  # sorted by time: old ones first
+            first += 1
+        kept = events[first:][-max(2 * self.count, 32) :]
         quiet = group["q"]  # None: not fired yet (JSON has no -inf)
         findings: tuple[Finding, ...] = ()
-        # A late event also counts in the windows of the events after it.
-        for end in [t, *(e[0] for e in kept if t < e[0] < t + self.window)]:
-            inside = [e for e in kept if end - self.window < e[0] <= end]
-            if len(inside) >= self.count and (quiet is None or end >= quiet):
-                findings = (self._finding(event, inside, end),)
-                quiet = inside[-1][0] + self.window
-                break
+        if in_order:  # the newest: its window holds every event kept, and no later window
+            if len(kept) >= self.count and (quiet is None or t >= quiet):
+                findings = (self._finding(event, kept, t),)
+                quiet = kept[-1][0] + self.window
+        else:  # a late event also counts in the windows of the events after it
+            for end in [t, *(e[0] for e in kept if t < e[0] < t + self.window)]:
+                inside = [e for e in kept if end - self.window < e[0] <= end]
+                if len(inside) >= self.count and (quiet is None or end >= quiet):
+                    findings = (self._finding(event, inside, end),)
+                    quiet = inside[-1][0] + self.window
+                    break
         groups = {
             k: g
             for k, g in state.items()

@@ -174,6 +174,22 @@ class StateTable:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
 
+    async def put_all(self, values: dict[bytes, bytes], partition: int) -> int:
+        """`put` for every key of `values`, all of one partition; returns how many of the keys
+        the table did not hold before."""
+        new = 0
+        held, get = self.held, self.table.data.get
+        for key, value in values.items():
+            if get(key) is None:
+                new += 1
+            self._store(key, value, partition)
+            held[key] = (value, partition)
+        if len(held) >= self.HOLD_RECORDS:
+            await self.send_held()
+        elif held and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
+        return new
+
     def _store(self, key: bytes, value: bytes | None, partition: int) -> None:
         store = self.table.data
         by_partition = getattr(store, "_db_for_partition", None)
@@ -218,21 +234,81 @@ class StateTable:
                 for _ in held:
                     buffer.not_sent(self.changelog, exc)
                 return
+            client = None if self.app.in_transaction else producer._ensure_producer()
+            if client is None:  # one by one: the transaction manager picks each's producer
+                for key, (value, partition) in held.items():
+                    await self._send_one(producer, buffer, key, value, partition)
+                return
+            by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
             for key, (value, partition) in held.items():
-                try:
-                    sent = cast(
-                        "asyncio.Future[Any]",
-                        await producer.send(self.changelog, key, value, partition, None, None),
-                    )
-                except Exception as exc:
-                    buffer.not_sent(self.changelog, exc)
+                by_partition.setdefault(partition, []).append((key, value))
+            for partition, records in by_partition.items():
+                await self._send_batches(client, producer, buffer, partition, records)
+
+    async def _send_batches(
+        self,
+        client: Any,
+        producer: Any,
+        buffer: DurableBuffer,
+        partition: int,
+        records: list[tuple[bytes, bytes | None]],
+    ) -> None:
+        """One partition's records as aiokafka batches (`create_batch`, `send_batch`): a future
+        per batch to track and acknowledge, not one per record with its callbacks."""
+        batch, count = client.create_batch(), 0
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                if count:
+                    await self._send_batch(client, buffer, batch, partition, count)
+                batch, count = client.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    # larger than a batch: sent alone, as the producer splits nothing
+                    batch = client.create_batch()
+                    await self._send_one(producer, buffer, key, value, partition)
                     continue
-                buffer.track(sent, self.changelog)
-                sent.add_done_callback(self._persisted)
+            count += 1
+        if count:
+            await self._send_batch(client, buffer, batch, partition, count)
+
+    async def _send_batch(
+        self, client: Any, buffer: DurableBuffer, batch: Any, partition: int, count: int
+    ) -> None:
+        try:
+            sent = cast(
+                "asyncio.Future[Any]",
+                await client.send_batch(batch, self.changelog, partition=partition),
+            )
+        except Exception as exc:
+            for _ in range(count):
+                buffer.not_sent(self.changelog, exc)
+            return
+        buffer.track(sent, self.changelog)
+        sent.add_done_callback(partial(self._batch_persisted, count))
+
+    async def _send_one(
+        self, producer: Any, buffer: DurableBuffer, key: bytes, value: bytes | None, partition: int
+    ) -> None:
+        try:
+            sent = cast(
+                "asyncio.Future[Any]",
+                await producer.send(self.changelog, key, value, partition, None, None),
+            )
+        except Exception as exc:
+            buffer.not_sent(self.changelog, exc)
+            return
+        buffer.track(sent, self.changelog)
+        sent.add_done_callback(self._persisted)
 
     def _persisted(self, sent: asyncio.Future[Any]) -> None:
         if not sent.cancelled() and sent.exception() is None:
             self.table._on_changelog_sent(sent)  # the store's persisted offset (RocksDB)
+
+    def _batch_persisted(self, count: int, sent: asyncio.Future[Any]) -> None:
+        """A batch acknowledged: the store's persisted offset is its last record's (RocksDB;
+        a batch's metadata gives its first offset)."""
+        if not sent.cancelled() and sent.exception() is None:
+            first = sent.result()
+            self.table.data.set_persisted_offset(first.topic_partition, first.offset + count - 1)
 
 
 class App(faust.App):

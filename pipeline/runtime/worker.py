@@ -49,6 +49,8 @@ class Table(Protocol):
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
 
+    async def put_all(self, values: dict[bytes, bytes], partition: int) -> int: ...
+
 
 @dataclass
 class Worker:
@@ -191,11 +193,8 @@ class Worker:
             sends.append(self.dispatch.send_all([_envelope(f, partition) for f in out.found]))
         if sends:
             await asyncio.gather(*sends)
-        for customer, value in out.states.items():
-            if self.table.get(customer) is None:
-                self.customers += 1
-            await self.table.put(customer, value, partition)
         if out.states:
+            self.customers += await self.table.put_all(out.states, partition)
             self._entries.set(self.customers)
             self.metrics.pending_deadlines.set(len(self.processor.index))
         self._count(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import pytest
@@ -212,37 +212,94 @@ def test_a_change_sent_around_the_buffer_holds_the_flush_until_it_is_acknowledge
 
 class Changelog:
     """The customers table's changelog as `StateTable` sees it: a producer whose records the
-    broker acknowledges after `ack` s (or refuses, or that raises on send)."""
+    broker acknowledges after `ack` s (or refuses, or that raises on send). Records go out in
+    batches of at most `per_batch` (aiokafka's `create_batch`/`send_batch`), or one by one
+    (`send`) under exactly-once."""
 
     def __init__(
-        self, ack: float = 0.05, refuse: bool = False, raises: bool = False, accept: float = 0.0
+        self,
+        ack: float = 0.05,
+        refuse: bool = False,
+        raises: bool = False,
+        accept: float = 0.0,
+        per_batch: int = 2,
     ) -> None:
         self.ack, self.refuse, self.raises, self.accept = ack, refuse, raises, accept
+        self.per_batch = per_batch
         self.sent: list[tuple[bytes, bytes, int]] = []
         self.acked: list[bytes] = []
+        self.requests: list[int] = []  # records per send: 1 for `send`, a batch's size
 
     async def send(self, topic: str, key: bytes, value: bytes, partition: int, *_: Any) -> Any:
+        return await self._send([(key, value)], partition)
+
+    def _ensure_producer(self) -> Changelog:
+        return self  # the aiokafka producer under Faust's: the same fake
+
+    def create_batch(self) -> Batch:
+        return Batch(self.per_batch)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+        return await self._send(batch.records, partition)
+
+    async def _send(self, records: list[tuple[bytes, bytes]], partition: int) -> Any:
         if self.raises:
             raise RuntimeError("KafkaTimeoutError: the accumulator stayed full")
         if self.accept:
             await asyncio.sleep(self.accept)  # e.g. aiokafka's accumulator full
-        self.sent.append((key, value, partition))
+        first = len([p for _, _, p in self.sent if p == partition])  # its offset
+        self.sent += [(key, value, partition) for key, value in records]
+        self.requests.append(len(records))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(self.ack, self._deliver, fut, key)
+        asyncio.get_running_loop().call_later(
+            self.ack, self._deliver, fut, [k for k, _ in records], partition, first
+        )
         return fut
 
-    def _deliver(self, fut: asyncio.Future[Any], key: bytes) -> None:
+    def _deliver(
+        self, fut: asyncio.Future[Any], keys: list[bytes], partition: int, first: int
+    ) -> None:
         if self.refuse:
             fut.set_exception(RuntimeError("NotEnoughReplicasError"))
         else:
-            self.acked.append(key)
-            fut.set_result(None)
+            self.acked += keys
+            fut.set_result(Sent(("casewatch-customers-changelog", partition), first))
+
+
+class Batch:
+    def __init__(self, size: int) -> None:
+        self.size, self.records, self.closed = size, [], False
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
+        if self.closed or len(self.records) >= self.size:
+            self.closed = True  # as aiokafka's: a full batch takes nothing more
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class Sent(NamedTuple):
+    """What the broker's acknowledgement gives (aiokafka's RecordMetadata, in part)."""
+
+    topic_partition: tuple[str, int]
+    offset: int
+
+
+class Data(dict[bytes, bytes]):
+    """A store's data: the offset it has persisted per changelog partition (RocksDB's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def set_persisted_offset(self, tp: tuple[str, int], offset: int) -> None:
+        self.offsets[tp] = offset
 
 
 class Store:
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.persisted: list[Any] = []
+        self.data = Data()
+        self.persisted: list[Any] = []  # acknowledgements of records sent one by one
         self.changelog_topic = self
 
     def get_topic_name(self) -> str:
@@ -252,8 +309,11 @@ class Store:
         self.persisted.append(fut)
 
 
-async def state_table(changelog: Changelog) -> tuple[StateTable, Store, DurableBuffer]:
+async def state_table(
+    changelog: Changelog, transactions: bool = False
+) -> tuple[StateTable, Store, DurableBuffer]:
     app = App("durable-test", autodiscover=False, web_enabled=False)
+    app.__dict__["in_transaction"] = transactions  # exactly-once: records one by one
     buffer = DurableBuffer()
     buffer.app = app
     await buffer.start()
@@ -268,6 +328,46 @@ async def state_table(changelog: Changelog) -> tuple[StateTable, Store, DurableB
     return StateTable(app, store), store, buffer
 
 
+def test_held_writes_go_out_in_batches_per_partition_and_the_store_persists_their_last_offsets() -> (
+    None
+):
+    """A batch per partition (split when full), in the order written; once acknowledged, the
+    store's persisted offset per partition is its last record's."""
+
+    async def scenario() -> tuple[list[tuple[bytes, bytes, int]], list[int], dict[Any, int]]:
+        changelog = Changelog(per_batch=2)
+        table, store, buffer = await state_table(changelog)
+        for n in range(5):
+            await table.put(b"c-%d" % n, b"s%d" % n, 0)
+        await table.put(b"d-1", b"t", 3)
+        await buffer.flush()
+        await buffer.stop()
+        return changelog.sent, changelog.requests, store.data.offsets
+
+    sent, requests, offsets = asyncio.run(scenario())
+    assert [(k, p) for k, _, p in sent] == [
+        (b"c-0", 0), (b"c-1", 0), (b"c-2", 0), (b"c-3", 0), (b"c-4", 0), (b"d-1", 3)
+    ]  # fmt: skip
+    assert requests == [2, 2, 1, 1]  # not one request (and future) per record
+    assert offsets == {
+        ("casewatch-customers-changelog", 0): 4,
+        ("casewatch-customers-changelog", 3): 0,
+    }
+
+
+def test_under_exactly_once_held_writes_go_out_one_by_one() -> None:
+    async def scenario() -> tuple[list[int], int]:
+        changelog = Changelog()
+        table, store, buffer = await state_table(changelog, transactions=True)
+        await table.put(b"c-1", b"a", 0)
+        await table.put(b"c-2", b"b", 0)
+        await buffer.flush()
+        await buffer.stop()
+        return changelog.requests, len(store.persisted)
+
+    assert asyncio.run(scenario()) == ([1, 1], 2)
+
+
 def test_a_held_state_write_is_read_at_once_and_reaches_the_changelog_before_the_commit() -> None:
     async def scenario() -> tuple[bytes | None, list[Any], list[bytes], int]:
         changelog = Changelog()
@@ -279,13 +379,13 @@ def test_a_held_state_write_is_read_at_once_and_reaches_the_changelog_before_the
         sent_before_flush = list(changelog.sent)
         await buffer.flush()  # what the commit does before it commits offsets
         await buffer.stop()
-        return read, sent_before_flush, changelog.acked, len(store.persisted)
+        return read, sent_before_flush, changelog.acked, len(store.data.offsets)
 
     read, sent_before_flush, acked, persisted = asyncio.run(scenario())
     assert read == b"second"  # the next event of the customer sees its state
     assert sent_before_flush == []  # held, not one request per write
     assert sorted(acked) == [b"c-1", b"c-2"]  # acknowledged before the flush returned
-    assert persisted == 2
+    assert persisted == 2  # partitions 2 and 4: their persisted offsets
 
 
 def test_a_held_write_goes_out_with_its_last_value_when_the_hold_ends_without_a_commit() -> None:

@@ -77,6 +77,12 @@ class Table:
         self.log.append(("state", key.decode()))
         self.data[key] = value
 
+    async def put_all(self, values: dict[bytes, bytes], partition: int) -> int:
+        new = len(values.keys() - self.data.keys())
+        for key, value in values.items():
+            await self.put(key, value, partition)
+        return new
+
 
 class Sink(MemorySink):
     """An in-memory sink whose records count as acknowledged when `send_all` returns."""
