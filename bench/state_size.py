@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import workload
 from pipeline.config import Config, load_config
-from pipeline.core.state import plain
+from pipeline.core.state import CustomerState, plain
 from pipeline.tools.replay import Replay
 from tests.integration import scenario
 
@@ -107,11 +107,14 @@ def equilibrium(cfg: Config, customers: int, days: int) -> None:
     list(replay.feed([m.value for m in msgs]))
     sizes = sorted(len(v) for v in replay.states.values())
     n = len(sizes)
-    plain_sizes = [len(orjson.dumps(plain(v))) for v in replay.states.values()]
+    # the same states stored uncompressed (`pipeline.compress_state: false`)
+    raw = [
+        len(CustomerState.from_bytes(v).to_bytes(compress=False)) for v in replay.states.values()
+    ]
     print(
         f"{days} model days, {len(msgs):,} events, {n:,} customers: stored bytes per customer"
         f" mean {sum(sizes) // n:,} p50 {sizes[n // 2]:,} p99 {sizes[int(n * 0.99)]:,}"
-        f" max {sizes[-1]:,}; before compression mean {sum(plain_sizes) // n:,}"
+        f" max {sizes[-1]:,}; uncompressed mean {sum(raw) // n:,}"
     )
     parts: Counter[str] = Counter()
     for value in replay.states.values():
@@ -120,7 +123,7 @@ def equilibrium(cfg: Config, customers: int, days: int) -> None:
             if name == "rules":
                 for rule, saved in part.items():
                     parts[f"rules.{rule}"] += len(orjson.dumps(saved))
-    print("parts before compression:", {k: v // n for k, v in parts.most_common()})
+    print("parts as JSON (plain):", {k: v // n for k, v in parts.most_common()})
 
 
 if __name__ == "__main__":

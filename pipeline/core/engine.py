@@ -278,6 +278,11 @@ class DeadlineIndex:
         self.live[customer] = deadline
         heapq.heappush(self.heaps.setdefault(partition, []), (deadline, customer))
 
+    def has_due(self, partition: int, clock: float) -> bool:
+        """Whether `due` may yield a customer (an entry left by a later deadline may be all)."""
+        heap = self.heaps.get(partition)
+        return heap is not None and bool(heap) and heap[0][0] <= clock
+
     def due(self, partition: int, clock: float) -> Iterator[bytes]:
         """Customers of `partition` whose deadline is at or before `clock`, earliest first."""
         heap = self.heaps.get(partition)

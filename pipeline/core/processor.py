@@ -142,6 +142,7 @@ class Processor:
         p = config.pipeline
         self._window, self._max_ids = p.dedupe_window, p.dedupe_max_ids
         self._compress = p.compress_state
+        self._max_bytes = p.max_event_bytes
         self._inputs = (config.topics.interactions, config.topics.orders)
 
     def process(
@@ -255,7 +256,7 @@ class Processor:
         out: Output,
     ) -> None:
         try:
-            data = decode_event(record.value, self.config.pipeline.max_event_bytes)
+            data = decode_event(record.value, self._max_bytes)
         except InvalidEvent as exc:
             out.letters.append(Letter(record, exc.reason, exc.error_class))
             return
@@ -307,6 +308,8 @@ class Processor:
         states: dict[bytes, CustomerState],
         out: Output,
     ) -> None:
+        if not self.index.has_due(partition, now):  # most calls
+            return
         for customer in list(self.index.due(partition, now)):
             state = states.get(customer)
             if state is None:

@@ -15,12 +15,12 @@ them, then dropped; so are keys that fired and never closed, that long after the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
+from pipeline.detectors.matchers import Matcher, field_text, predicate, types_of
 
 # Per key: {"c": customer, "p": promise|None, "d": deadline|None, "f": fired,
 # "ev": [[start event id, its time], ...]}; once closed, only {"x": closed at}. A state stored
@@ -43,6 +43,15 @@ class AbsenceDetector:
     delay: float
     deadline_field: str | None = None
     keep_closed: float = 30 * 86400.0  # remember closed keys this long, so late starts stay closed
+    # the sets as functions of the event (`predicate`), chosen once
+    _starts: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
+    _expected: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
+    _cancels: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", predicate(self.start))
+        object.__setattr__(self, "_expected", predicate(self.expect))
+        object.__setattr__(self, "_cancels", predicate(self.cancel))
 
     def initial(self) -> State:
         return {}
@@ -72,16 +81,14 @@ class AbsenceDetector:
         t = epoch(event["occurred_at"])
         if self.deadline_field and event.get(self.deadline_field):
             entry["p"] = epoch(event[self.deadline_field])
-        if matches_any(self.start, event):
+        if self._starts(event):
             entry["s"] = t
             entry["ev"] = [*entry["ev"], [event["event_id"], t]]
         if entry.get("s") is not None and not entry["f"]:
             entry["d"] = (
                 entry["p"] + self.grace if entry["p"] is not None else entry["s"] + self.delay
             )
-        closing = (self.expect and matches_any(self.expect, event)) or (
-            self.cancel and matches_any(self.cancel, event)
-        )
+        closing = (self.expect and self._expected(event)) or (self.cancel and self._cancels(event))
         findings: tuple[Finding, ...] = ()
         if closing:
             if not entry["f"] and entry["d"] is not None and t > entry["d"]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
+from pipeline.detectors.matchers import Matcher, field_text, predicate, types_of
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,11 @@ class MatchDetector:
     rule: str
     when: Sequence[Sequence[Matcher]]
     subject: tuple[str, ...] = ()
+    # the sets as one function of the event (`predicate`), chosen once
+    _matches: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matches", predicate(self.when))
 
     def initial(self) -> None:
         return None
@@ -30,7 +35,7 @@ class MatchDetector:
         return self.types()
 
     def observe(self, state: None, event: Mapping[str, Any], now: Instant) -> Step[None]:
-        if not self.when or not matches_any(self.when, event):
+        if not self.when or not self._matches(event):
             return Step(state)
         t = epoch(event["occurred_at"])
         finding = Finding(

@@ -93,6 +93,15 @@ def matches_any(sets: Sequence[Sequence[Matcher]], event: Mapping[str, Any]) -> 
     return False
 
 
+def predicate(sets: Sequence[Sequence[Matcher]]) -> Callable[[Mapping[str, Any]], bool]:
+    """`matches_any(sets, event)` as a function of the event, chosen once: sets that each only
+    name the event's type (`type = X`, `type in [...]`), as most rules' are, are one lookup."""
+    types = types_of(sets)
+    if types is not None and all(len(group) == 1 for group in sets):
+        return lambda event: event.get("type") in types
+    return partial(matches_any, sets)
+
+
 def types_of(sets: Sequence[Sequence[Matcher]]) -> frozenset[str] | None:
     """The event types `matches_any(sets, ...)` can be true for (every set names the type with
     `=` or `in`), or None when it can be for any type."""

@@ -12,12 +12,12 @@ two windows older than the event being observed is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.detectors.base import Finding, Instant, Step, epoch
-from pipeline.detectors.matchers import Matcher, field_text, matches_any, types_of
+from pipeline.detectors.matchers import Matcher, field_text, predicate, types_of
 
 # Per group key: {"e": [[time, event_id], ...] sorted by time, "q": quiet until}
 State = Mapping[str, Mapping[str, Any]]
@@ -35,6 +35,11 @@ class ThresholdDetector:
     count: int
     window: float
     group_by: tuple[str, ...] = ()
+    # the sets as one function of the event (`predicate`), chosen once
+    _matches: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matches", predicate(self.when))
 
     def initial(self) -> State:
         return {}
@@ -46,7 +51,7 @@ class ThresholdDetector:
         return self.types()
 
     def observe(self, state: State, event: Mapping[str, Any], now: Instant) -> Step[State]:
-        if not matches_any(self.when, event):
+        if not self._matches(event):
             return Step(state)
         t = epoch(event["occurred_at"])
         by = self.group_by

@@ -151,3 +151,28 @@ def test_the_types_a_condition_set_can_match() -> None:
     assert types_of(sets(["type = a"], ["x = 1"])) is None  # the second: any type
     assert types_of(sets(["type != a"])) is None
     assert types_of([]) is None  # no conditions: everything matches
+
+
+@pytest.mark.parametrize(
+    "alternatives",
+    [
+        [["type = a"]],
+        [["type = a"], ["type in b,c"]],
+        [["type = a", "x = 1"]],
+        [["type = a"], ["x = 1"]],
+        [["type != a"]],
+        [["type =~ a|b"]],
+        [],
+    ],
+)
+def test_a_rules_conditions_as_one_function_agree_with_matching_them_one_by_one(
+    alternatives: list[list[str]],
+) -> None:
+    from pipeline.detectors.matchers import matches_any, predicate
+
+    sets = [[parse_condition(c) for c in a] for a in alternatives]
+    events = [{"type": t, "x": x} for t in ("a", "b", "c", "d") for x in ("1", 1, None)]
+    events.append({"x": "1"})  # no type
+    test = predicate(sets)  # type: ignore[arg-type]
+    for event in events:
+        assert test(event) is matches_any(sets, event), (alternatives, event)  # type: ignore[arg-type]
