@@ -69,7 +69,10 @@ def drain(workers: list[Worker], events: int, timeout: float, base: float = 0) -
     cpu = sum(w.cpu_seconds() for w in workers) - cpu
     queued = sum(w.sched()[1] for w in workers) - queued
     (t0, n0), (t1, _) = samples[0], samples[-1]
-    rate = (events - n0) / max(t1 - t0, 1e-3) if t1 > t0 else float(events)
+    if t1 <= t0:  # all of it between two polls (a small smoke run): timed as one poll's time,
+        # a lower bound of the rate
+        return Drain(events, POLL, events / POLL, events / POLL, cpu, queued)
+    rate = (events - n0) / max(t1 - t0, 1e-3)
     lo, hi = _crossing(samples, 0.1 * events), _crossing(samples, 0.9 * events)
     steady = 0.8 * events / (hi - lo) if hi > lo else rate
     return Drain(events, t1 - t0, rate, steady, cpu, queued)
