@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG, Config, Runtime, load_config, review
 from pipeline.core.errors import ConfigError, KafkaAccessError, Unavailable
-from pipeline.core.ingest import EXAMPLE_TIME
+from pipeline.core.ingest import TIME_FORMAT
 from pipeline.runtime.access import check_access, check_reachable, explain, unreachable
 from pipeline.runtime.security import SOURCE
 from pipeline.tools import status
@@ -165,7 +165,7 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an RFC 3339 time: write e.g. {EXAMPLE_TIME}"
+            f"{text!r} is not an RFC 3339 time: write it as {TIME_FORMAT}"
         ) from None
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(

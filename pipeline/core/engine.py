@@ -124,10 +124,9 @@ class Engine:
         rules = state.rules
         best: float | None = None
         for r in self._timed:
-            saved = rules.get(r.name)
-            if saved is None:
+            if r.name not in rules:
                 continue
-            d = r.detector.next_deadline(saved[1] if saved[0] == r.version else r.initial)
+            d = r.detector.next_deadline(self._state(rules, r))
             if d is not None and (best is None or d < best):
                 best = d
         return best
@@ -281,7 +280,9 @@ class DeadlineIndex:
     def has_due(self, partition: int, clock: float) -> bool:
         """Whether `due` may yield a customer (an entry left by a later deadline may be all)."""
         heap = self.heaps.get(partition)
-        return heap is not None and bool(heap) and heap[0][0] <= clock
+        if not heap:
+            return False
+        return heap[0][0] <= clock
 
     def due(self, partition: int, clock: float) -> Iterator[bytes]:
         """Customers of `partition` whose deadline is at or before `clock`, earliest first."""

@@ -24,7 +24,7 @@ from pipeline.core.errors import InvalidEvent
 from pipeline.core.models import EVENT_MODELS, EVENT_TYPES, Event
 
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
-EXAMPLE_TIME = "2026-03-01T10:00:00Z"
+TIME_FORMAT = "YYYY-MM-DDThh:mm:ss followed by Z or an offset such as +01:00"  # RFC 3339, in words
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 _TYPES = ", ".join(EVENT_TYPES)
 
@@ -113,7 +113,7 @@ def _text(least: int, most: int) -> Any:
 
 # Each field of the contract's events by name, as msgspec checks it: what its model declares,
 # or stricter (then pydantic decides: test_fuzz holds the checks to the models). The same name
-# has the same type in every event. Times are checked as text here and read by `_read`.
+# has the same type in every event. Times are checked as text here and read by `_finished`.
 _CHECKS: dict[str, Any] = {
     "event_id": _text(*_ID),
     "customer_id": _text(*_ID),
@@ -298,14 +298,14 @@ def _describe_field(err: Any) -> tuple[str, str]:
         return (f"field '{path}' is missing: it is required{needed}", "field_missing")
     if kind == "timezone_aware":
         return (
-            f"field '{path}': timestamp has no offset, e.g. {EXAMPLE_TIME}",
+            f"field '{path}': timestamp has no offset: write it as {TIME_FORMAT}",
             "timestamp_no_offset",
         )
     if kind.startswith("datetime"):
         why = err["msg"].removeprefix("Input should be a valid datetime").lstrip(", ")
         why = f" ({why})" if why else ""
         return (
-            f"field '{path}': {got} is not an RFC 3339 timestamp{why}, e.g. {EXAMPLE_TIME}",
+            f"field '{path}': {got} is not an RFC 3339 timestamp{why}: write it as {TIME_FORMAT}",
             "timestamp_invalid",
         )
     if kind == "extra_forbidden":

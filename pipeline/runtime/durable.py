@@ -169,10 +169,7 @@ class StateTable:
     async def put(self, key: bytes, value: bytes | None, partition: int) -> None:
         self._store(key, value, partition)
         self.held[key] = (value, partition)
-        if len(self.held) >= self.HOLD_RECORDS:
-            await self.send_held()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
+        await self._hold()
 
     async def put_all(self, values: dict[bytes, bytes], partition: int) -> int:
         """`put` for every key of `values`, all of one partition; returns how many of the keys
@@ -184,11 +181,17 @@ class StateTable:
                 new += 1
             self._store(key, value, partition)
             held[key] = (value, partition)
-        if len(held) >= self.HOLD_RECORDS:
-            await self.send_held()
-        elif held and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
+        if values:
+            await self._hold()
         return new
+
+    async def _hold(self) -> None:
+        """After writes were held: sent now when there are `HOLD_RECORDS`, else in
+        `HOLD_SECONDS` at the latest."""
+        if len(self.held) >= self.HOLD_RECORDS:
+            await self.send_held()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.HOLD_SECONDS, self._send_due)
 
     def _store(self, key: bytes, value: bytes | None, partition: int) -> None:
         store = self.table.data
@@ -243,12 +246,11 @@ class StateTable:
             for key, (value, partition) in held.items():
                 by_partition.setdefault(partition, []).append((key, value))
             for partition, records in by_partition.items():
-                await self._send_batches(client, producer, buffer, partition, records)
+                await self._send_batches(client, buffer, partition, records)
 
     async def _send_batches(
         self,
         client: Any,
-        producer: Any,
         buffer: DurableBuffer,
         partition: int,
         records: list[tuple[bytes, bytes | None]],
@@ -257,15 +259,12 @@ class StateTable:
         per batch to track and acknowledge, not one per record with its callbacks."""
         batch, count = client.create_batch(), 0
         for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                if count:
-                    await self._send_batch(client, buffer, batch, partition, count)
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                # full: sent, and the record starts the next one (an empty batch takes its
+                # first record whatever its size)
+                await self._send_batch(client, buffer, batch, partition, count)
                 batch, count = client.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    # larger than a batch: sent alone, as the producer splits nothing
-                    batch = client.create_batch()
-                    await self._send_one(producer, buffer, key, value, partition)
-                    continue
+                batch.append(key=key, value=value, timestamp=None)
             count += 1
         if count:
             await self._send_batch(client, buffer, batch, partition, count)

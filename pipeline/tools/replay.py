@@ -79,9 +79,8 @@ class Replay:
         self.newest = float("-inf")
         self.errors = errors if errors is not None else sys.stderr
         self._partitions: dict[str, int] = {}  # customer -> partition (murmur2 is slow)
-        self._reported: tuple[float, int] | None = (
-            None  # the last clock message sent, until a record
-        )
+        # the last clock message sent (clock, partition), until a record is decided
+        self._reported: tuple[float, int] | None = None
 
     def feed(self, lines: Iterable[bytes], name: str = "<input>") -> Iterator[ExceptionRecord]:
         """Process lines in order; yield every exception record as it is found."""

@@ -223,9 +223,10 @@ class Changelog:
         raises: bool = False,
         accept: float = 0.0,
         per_batch: int = 2,
+        largest: int = 1 << 20,
     ) -> None:
         self.ack, self.refuse, self.raises, self.accept = ack, refuse, raises, accept
-        self.per_batch = per_batch
+        self.per_batch, self.largest = per_batch, largest
         self.sent: list[tuple[bytes, bytes, int]] = []
         self.acked: list[bytes] = []
         self.requests: list[int] = []  # records per send: 1 for `send`, a batch's size
@@ -237,7 +238,7 @@ class Changelog:
         return self  # the aiokafka producer under Faust's: the same fake
 
     def create_batch(self) -> Batch:
-        return Batch(self.per_batch)
+        return Batch(self.per_batch, self.largest)
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
         return await self._send(batch.records, partition)
@@ -267,12 +268,13 @@ class Changelog:
 
 
 class Batch:
-    def __init__(self, size: int) -> None:
-        self.size, self.records, self.closed = size, [], False
+    def __init__(self, size: int, largest: int) -> None:
+        self.size, self.largest, self.records, self.closed = size, largest, [], False
 
     def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
-        if self.closed or len(self.records) >= self.size:
-            self.closed = True  # as aiokafka's: a full batch takes nothing more
+        if self.records and (len(self.records) >= self.size or len(value) > self.largest):
+            self.closed = True
+        if self.closed:  # as aiokafka's: a full batch takes nothing more, an empty one anything
             return None
         self.records.append((key, value))
         return object()
@@ -353,6 +355,25 @@ def test_held_writes_go_out_in_batches_per_partition_and_the_store_persists_thei
         ("casewatch-customers-changelog", 0): 4,
         ("casewatch-customers-changelog", 3): 0,
     }
+
+
+def test_a_record_larger_than_a_batch_starts_one_of_its_own() -> None:
+    """aiokafka's batch takes a record bigger than its size only as its first: the batch
+    before it goes out, and the record leads the next one, in the order written."""
+
+    async def scenario() -> tuple[list[bytes], list[int], list[bytes]]:
+        changelog = Changelog(per_batch=2, largest=4)
+        table, _, buffer = await state_table(changelog)
+        for key, value in [(b"a", b"s"), (b"b", b"huge state"), (b"c", b"s"), (b"d", b"s")]:
+            await table.put(key, value, 0)
+        await buffer.flush()
+        await buffer.stop()
+        return [k for k, _, _ in changelog.sent], changelog.requests, sorted(changelog.acked)
+
+    sent, requests, acked = asyncio.run(scenario())
+    assert sent == [b"a", b"b", b"c", b"d"]  # in the order written
+    assert requests == [1, 2, 1]  # the batch before it, then it leads the next
+    assert acked == [b"a", b"b", b"c", b"d"]
 
 
 def test_under_exactly_once_held_writes_go_out_one_by_one() -> None:

@@ -96,7 +96,7 @@ def test_profile_is_accepted() -> None:
         (
             raw(occurred_at="2026-03-01T10:00:00"),
             "timestamp_no_offset",
-            "field 'occurred_at': timestamp has no offset, e.g. 2026-03-01T10:00:00Z",
+            "field 'occurred_at': timestamp has no offset: write it as YYYY-MM-DDThh:mm:ss followed by Z or an offset such as +01:00",
         ),
         (
             raw(occurred_at="2026-02-30T10:00:00Z"),
