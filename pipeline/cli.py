@@ -228,6 +228,7 @@ def _worker(args: argparse.Namespace) -> int:
     from pipeline.runtime.app import build_app
     from pipeline.runtime.durable import local_state_guard
     from pipeline.runtime.metrics import Metrics
+    from pipeline.runtime.pauses import quiet
 
     runtime = Runtime.from_env()
     config = _config(args.config, runtime)
@@ -249,6 +250,7 @@ def _worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     app = build_app(config, runtime, metrics)
+    quiet(metrics.gc_pause)
     with local_state_guard(app, runtime.store):
         Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0

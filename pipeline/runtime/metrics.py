@@ -26,6 +26,7 @@ class Metrics:
     offset_gaps: Counter
     exceptions: Counter
     processing_latency: Histogram
+    gc_pause: Histogram
     detection_latency: Histogram
     watermark_lag: Gauge
     pending_deadlines: Gauge
@@ -93,6 +94,14 @@ class Metrics:
             processing_latency=Histogram(
                 "casewatch_processing_latency_seconds",
                 "From consuming an event to its outputs being acknowledged.",
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            gc_pause=Histogram(
+                "casewatch_gc_pause_seconds",
+                "Garbage-collector pauses: every thread of the worker waits (generation 2: a full "
+                "collection).",
+                ["generation"],
                 buckets=_LATENCY_BUCKETS,
                 registry=reg,
             ),
