@@ -96,18 +96,21 @@ _WAITING = frozenset(
 # Where the time goes: the first rule whose function is on a sample's stack names its share.
 _AREAS = (
     ("serve_forever", "metrics endpoint (answering /metrics scrapes)"),
-    ("WorkerThread.run", "Faust consumer thread (fetching)"),
+    ("WorkerThread.run", "Faust's threads (fetching; the case API's web server)"),
     ("DispatchStep.handle", "dispatch: routing on the one partition"),
-    ("Ingest.tick", "clock ticks"),
-    ("parse_event", "Casewatch: validation (pydantic parse_event)"),
-    ("ManagedUserDict.__setitem__", "Casewatch: table write (RocksDB put + changelog record)"),
-    ("Mapping.get", "Casewatch: table read (RocksDB get)"),
-    ("Ingest._publish", "Casewatch: exception record sent, awaiting its ack"),
-    ("Ingest._handle", "Casewatch: own logic (state codec, dedupe, rules, context, metrics)"),
+    ("Worker.tick", "clock ticks"),
+    ("decode_event", "Casewatch: validation (decode_event)"),
+    ("CustomerState.from_bytes", "Casewatch: state read (decompress, decode)"),
+    ("Processor._encode", "Casewatch: state write (encode, compress)"),
+    ("Engine.observe", "Casewatch: rules, context, findings (Engine.observe)"),
+    ("Processor.process", "Casewatch: the rest of the processor (dedupe, clocks, records)"),
+    ("StateTable.", "Casewatch: table writes and changelog batches"),
+    ("Worker._apply", "Casewatch: outputs sent and awaited, metrics"),
     ("Sender._sender_routine", "aiokafka producer: building and sending requests"),
     ("Sender._send_produce_req", "aiokafka producer: building and sending requests"),
     ("Timer.", "Faust timers (ticks sender, lag, commit)"),
     ("Consumer.commit", "Faust offset commits"),
+    ("SafeConsumer._drain_messages", "fetch loop: records taken, batches acknowledged"),
 )
 
 
@@ -123,7 +126,7 @@ def areas(raw: Path) -> dict[str, float]:
             continue
         area = next(
             (label for marker, label in _AREAS if any(n.startswith(marker) for n in names)),
-            "Faust/mode/asyncio per-message machinery (streams, events, acks, scheduling)",
+            "Faust/mode/asyncio: agents, streams, scheduling, the rest",
         )
         counts[area] += int(count)
     total = sum(counts.values()) or 1
