@@ -6,12 +6,15 @@ state tagged with the rule's version, the customer's latest profile, recent even
 and open exceptions for context, and the partition that owns the customer (so the deadline
 index can be rebuilt after a rebalance).
 
-Stored (version 5) as MessagePack (the fields in order, no keys: `_write_v5`) compressed with
-Zstandard (`pipeline.compress_state`, default true): msgspec reads and writes it in C straight
-into the state's tuples and bytes, so an event pays no Python-level packing; zstd shrinks the
-repeated type names, categories and keys. Remembered ids are 8-byte digests packed together
-and their times in whole seconds (rounded up). Versions 1-4 (JSON, version 4 compressed) are
-read too, so a worker upgraded in place keeps its changelog.
+Stored (version 6) as MessagePack (the fields in order, no keys: `_write`) compressed with
+Zstandard and a dictionary trained on customer states (`pipeline.compress_state`, default
+true): msgspec reads and writes it in C straight into the state's tuples and bytes, so an event
+pays no Python-level packing; the dictionary holds what every state repeats (keys, rule names
+and versions, the layout) and entropy tables fitted to states, which a state of a kilobyte is
+too short to carry in its own frame. Remembered ids are 8-byte digests packed together and
+their times in whole seconds (rounded up), each after the first as the gap from the one before.
+Versions 1-5 are read too (`pipeline.core.earlier_states`), so a worker upgraded in place keeps
+its changelog.
 
 Bound (docs/detectors.md, "State"): at most `dedupe_max_ids` digests, one profile, 20 recent
 events, 20 open orders, 20 open exceptions, and per rule what its detector keeps (see each
@@ -26,7 +29,10 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from datetime import timedelta
+from itertools import accumulate
 from math import ceil
+from operator import sub
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -34,32 +40,46 @@ import msgspec
 import orjson
 import zstandard
 
-VERSION = 5  # 5: MessagePack, zstd-compressed; 4 (compact JSON, compressed), 3, 2, 1 are read
-_V5 = b"\x05"  # the first byte of a version 5 body; a JSON body (versions 1-4) starts with "{"
-_SEEN3 = struct.Struct("<8sd")  # version 3: digest, event time (the float itself)
+from pipeline.core import earlier_states
+
+VERSION = 6  # 6: MessagePack, zstd with a dictionary; 5, 4, 3, 2, 1 are read (earlier_states)
+# A version 6 value's first byte: the version, with the high bit set when the rest is a
+# Zstandard frame (without its magic number) made with `DICTIONARY`; a value that would not
+# shrink is kept as it is. No earlier version starts with either byte.
+_V6, _V6Z = 0x06, 0x86
+_HEAD, _HEAD_Z = bytes((_V6,)), bytes((_V6Z,))
+# The dictionary every version 6 state is compressed with (`bench/state_dict.py` made it):
+# a stored state cannot be read without the very bytes it was written with, so this file never
+# changes; another dictionary would be another version.
+DICTIONARY = Path(__file__).with_name("state6.zdict")
 _AGE_MAX = 2**32 - 1
-_ZSTD = b"\x28\xb5\x2f\xfd"  # a Zstandard frame's magic number; plain JSON starts with "{"
 # One compressor and one decompressor per process: the worker and the replay use them from one
 # thread (the event loop). Zstandard's fastest strategy with small tables: a 4 KiB window and
 # 4 KiB of hash table instead of level 1's 64 KiB, which the rest of the worker's work evicts
-# from the CPU caches between two states (measured in a replay of 7 model days: level 1 cost
-# 68 us per event, these tables 24 us, for the same 977 bytes per customer).
-_compress = zstandard.ZstdCompressor(
-    compression_params=zstandard.ZstdCompressionParameters(
-        window_log=12,
-        hash_log=10,
-        chain_log=10,
-        search_log=1,
-        min_match=5,
-        target_length=0,
-        strategy=zstandard.STRATEGY_FAST,
-        write_checksum=False,
-        write_content_size=True,
-    )
-).compress
-_decompress = zstandard.ZstdDecompressor().decompress
+# from the CPU caches between two states. The dictionary's content is matched as if it came
+# before the state, and its entropy tables serve a state's frame, too short to pay for its own.
+_PARAMS = zstandard.ZstdCompressionParameters(
+    window_log=12,
+    hash_log=10,
+    chain_log=10,
+    search_log=1,
+    min_match=5,
+    target_length=0,
+    strategy=zstandard.STRATEGY_FAST,
+    write_checksum=False,
+    write_content_size=True,
+    write_dict_id=False,
+    format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+)
+_DICT = zstandard.ZstdCompressionDict(
+    DICTIONARY.read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
+)
+_compress = zstandard.ZstdCompressor(dict_data=_DICT, compression_params=_PARAMS).compress
+_decompress = zstandard.ZstdDecompressor(
+    dict_data=_DICT, format=zstandard.FORMAT_ZSTD1_MAGICLESS
+).decompress
 # Event types in recent events, stored as their index here. Append only: a stored state names
-# types by position. Types not listed (a later contract's) are stored by name.
+# types by position (versions 4-6). Types not listed (a later contract's) are stored by name.
 _TYPES = (
     "interaction.contact",
     "interaction.complaint",
@@ -90,31 +110,13 @@ def kept_json(value: Any) -> bytes:
 
 
 def _pack_seen(ids: bytes, times: tuple[int, ...]) -> tuple[int, str]:
-    """The newest time, and the digests then each id's age before it, digests and ages apart
-    (that compresses better)."""
+    """Version 4's packing, for `plain`: the newest time, and the digests then each id's age
+    before it, digests and ages apart."""
     newest = times[-1]
     ages = list(map(newest.__sub__, times))
     if newest - times[0] > _AGE_MAX:  # an id 136 years older than the newest
         ages = [min(_AGE_MAX, a) for a in ages]
     return newest, base64.b64encode(ids + struct.pack(f"<{len(ages)}I", *ages)).decode()
-
-
-def _unpack_seen(raw: Any, newest: int | None) -> tuple[bytes, tuple[int, ...]]:
-    """Digests and times (whole seconds, rounded up) of a stored state, oldest first."""
-    if not raw:
-        return b"", ()
-    if newest is not None:  # version 4
-        packed = base64.b64decode(raw)
-        n = len(packed) // 12
-        return packed[: 8 * n], tuple(
-            map(int(newest).__sub__, struct.unpack_from(f"<{n}I", packed, 8 * n))
-        )
-    if isinstance(raw, str):  # version 3
-        pairs = list(_SEEN3.iter_unpack(base64.b64decode(raw)))
-    else:  # versions 1 and 2: [[hex, time], ...]
-        pairs = [(bytes.fromhex(d), t) for d, t in raw]
-    pairs.sort(key=lambda item: item[1])
-    return b"".join(d for d, _ in pairs), tuple(ceil(t) for _, t in pairs)
 
 
 def _find(ids: bytes, key: bytes) -> bool:
@@ -127,52 +129,41 @@ def _find(ids: bytes, key: bytes) -> bool:
     return False
 
 
-def _pack_recent(recent: tuple[tuple[float, str, str], ...]) -> list[Any]:
-    """Recent events as three columns: times, types (the contract's as small numbers),
-    details; a column of like values compresses better than rows."""
-    times, kinds, details = zip(*recent, strict=True)
-    return [times, [_TYPE_CODE.get(k, k) for k in kinds], details]
-
-
-def _unpack_recent(columns: list[list[Any]]) -> tuple[tuple[float, str, str], ...]:
-    times, kinds, details = columns
-    names = [_TYPES[k] if k.__class__ is int else k for k in kinds]
-    return tuple(zip(times, names, details, strict=True))
-
-
 def plain(data: bytes) -> dict[str, Any]:
     """A stored state as a JSON object (any version), for measuring and inspecting:
-    `{"v": 5, "seen": ..., "rules": ..., ...}`; a version 5 state is shown with version 4's
-    keys and packing."""
-    body = _decompress(data) if data[:4] == _ZSTD else data
-    if body[:1] == _V5:
-        state = _read_v5(body)
-        newest, seen = (
-            _pack_seen(state.seen_ids, state.seen_times) if state.seen_times else (None, None)
-        )
-        parts = {
-            "sn": newest,
-            "seen": seen,
-            "rules": state.rules,
-            "profile": state.profile,
-            "p": state.partition,
-            "r": _pack_recent(state.recent) if state.recent else None,
-            "orders": state.orders,
-            "open": state.open,
-        }
-        return {"v": 5, **{k: v for k, v in parts.items() if v or v == 0}}
-    raw = orjson.loads(body)
-    if not isinstance(raw, dict):
-        raise ValueError(f"a customer state is a JSON object, not {type(raw).__name__}")
-    return raw
+    `{"v": 6, "seen": ..., "rules": ..., ...}`; a version 5 or 6 state is shown with version
+    4's keys and packing (recent events as columns: times, type codes, details), an earlier
+    one as it was stored."""
+    if data[0] in (_V6, _V6Z):
+        version, state = VERSION, CustomerState.from_bytes(data)
+    else:
+        version, fields = earlier_states.read(data)
+        if version < 5:
+            return earlier_states.as_json(earlier_states.body(data))
+        state = _state(fields)
+    newest, seen = (
+        _pack_seen(state.seen_ids, state.seen_times) if state.seen_times else (None, None)
+    )
+    times, kinds, details = zip(*state.recent, strict=True) if state.recent else ((), (), ())
+    parts = {
+        "sn": newest,
+        "seen": seen,
+        "rules": state.rules,
+        "profile": state.profile,
+        "p": state.partition,
+        "r": [times, [_TYPE_CODE.get(k, k) for k in kinds], details] if times else None,
+        "orders": state.orders,
+        "open": state.open,
+    }
+    return {"v": version, **{k: v for k, v in parts.items() if v or v == 0}}
 
 
-# Version 5 as MessagePack: an array of the state's fields in this order, no keys: seen_ids
-# (bytes), seen_times [int], rules {name: [version, state]}, profile ({...} or None), partition
-# (int or None), then the recent events as three columns: times [float], kinds [int or str:
-# `_TYPES` codes, names for types not listed], details [str]; then orders {...}, open {...}.
-# msgspec reads and writes it in C, untyped (a typed decoder checks every field and costs half
-# as much again).
+# Version 6 as MessagePack: an array of the state's fields in this order, no keys: seen_ids
+# (bytes), seen times [int: the first, then each one's gap from the one before], rules {name:
+# [version, state]}, profile ({...} or None), partition (int or None), then the recent events
+# as three columns: times [float], kinds [int or str: `_TYPES` codes, names for types not
+# listed], details [str]; then orders {...}, open {...}. msgspec reads and writes it in C,
+# untyped (a typed decoder checks every field and costs half as much again).
 
 
 def _unsupported(value: Any) -> Any:
@@ -185,15 +176,16 @@ _encode = msgspec.msgpack.Encoder(enc_hook=_unsupported).encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
-def _write_v5(state: CustomerState) -> bytes:
+def _write(state: CustomerState) -> bytes:
     times, kinds, details = zip(*state.recent, strict=True) if state.recent else ((), (), ())
     codes: list[Any] = list(map(_TYPE_CODE.get, kinds))
     if None in codes:  # a type not listed: kept by name
         codes = [_TYPE_CODE.get(k, k) for k in kinds]
-    return _V5 + _encode(
+    seen = state.seen_times
+    return _encode(
         (
             state.seen_ids,
-            state.seen_times,
+            (seen[0], *map(sub, seen[1:], seen)) if seen else seen,
             state.rules,
             state.profile,
             state.partition,
@@ -206,24 +198,35 @@ def _write_v5(state: CustomerState) -> bytes:
     )
 
 
-def _read_v5(body: bytes) -> CustomerState:
-    ids, seen_times, rules, profile, partition, times, codes, details, orders, open_ = _decode(
-        memoryview(body)[1:]
+def _read(body: bytes | memoryview) -> CustomerState:
+    ids, gaps, rules, profile, partition, times, codes, details, orders, open_ = _decode(body)
+    return CustomerState(
+        ids,
+        tuple(accumulate(gaps)),
+        rules,
+        profile,
+        partition,
+        _recent(times, codes, details),
+        orders,
+        open_,
     )
+
+
+def _recent(
+    times: list[float], codes: list[Any], details: list[str]
+) -> tuple[tuple[float, str, str], ...]:
+    """Recent events from their three stored columns; types from their codes."""
     try:
         kinds = list(map(_TYPES.__getitem__, codes))
     except TypeError:  # a type not listed, by name
         kinds = [_TYPES[k] if k.__class__ is int else k for k in codes]
-    return CustomerState(
-        ids,
-        tuple(seen_times),
-        rules,
-        profile,
-        partition,
-        tuple(zip(times, kinds, details, strict=True)),
-        orders,
-        open_,
-    )
+    return tuple(zip(times, kinds, details, strict=True))
+
+
+def _state(fields: earlier_states.Fields) -> CustomerState:
+    """A state from the fields an earlier version stored."""
+    ids, times, rules, profile, partition, recent, orders, open_ = fields
+    return CustomerState(ids, times, rules, profile, partition, _recent(*recent), orders, open_)
 
 
 _NONE: Mapping[str, Any] = MappingProxyType({})  # the empty mapping every new state shares
@@ -249,43 +252,30 @@ class CustomerState(NamedTuple):
     open: Mapping[str, Any] = _NONE
 
     def to_bytes(self, compress: bool = True) -> bytes:
-        """Serialise for the table (version 5, `_write_v5`), compressed unless `compress` is
-        false (`pipeline.compress_state`; `from_bytes` reads both). Remembered ids' times are
-        kept to the second (rounded to keep them longer), everything else exactly."""
-        text = _write_v5(self)
-        # python-zstandard's output keeps the buffer it wrote into, larger than the frame
-        # (as orjson's does, kept_json): the table keeps a copy of the right size.
-        return bytes(memoryview(_compress(text))) if compress else text
+        """Serialise for the table (version 6, `_write`), compressed unless `compress` is
+        false (`pipeline.compress_state`; `from_bytes` reads both) or compressing would not
+        make it smaller. Remembered ids' times are kept to the second (rounded to keep them
+        longer), everything else exactly."""
+        body = _write(self)
+        if compress:
+            packed = _compress(body)
+            if len(packed) < len(body):
+                # a new bytes of the right size: python-zstandard's output keeps the larger
+                # buffer it wrote into (as orjson's does, kept_json)
+                return _HEAD_Z + packed
+        return _HEAD + body
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> CustomerState:
-        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-5."""
+        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-6."""
         if not data:
             return cls()
-        body = _decompress(data) if data[:4] == _ZSTD else data
-        if body[:1] == _V5:
-            return _read_v5(body)
-        raw = orjson.loads(body)
-        if not isinstance(raw, dict):
-            raise ValueError(f"a customer state is a JSON object, not {type(raw).__name__}")
-        recent = raw.get("recent")  # versions 1-3: [[time, type, detail], ...]
-        ids, times = _unpack_seen(raw.get("seen"), raw.get("sn"))
-        return cls(
-            seen_ids=ids,
-            seen_times=times,
-            rules=raw.get("rules") or {},
-            profile=raw.get("profile"),
-            partition=raw.get("p"),
-            recent=(
-                tuple((t, k, d) for t, k, d in recent)
-                if recent
-                else _unpack_recent(raw["r"])
-                if "r" in raw
-                else ()
-            ),
-            orders=raw.get("orders") or {},
-            open=raw.get("open") or {},
-        )
+        head = data[0]
+        if head == _V6Z:
+            return _read(_decompress(memoryview(data)[1:]))
+        if head == _V6:
+            return _read(memoryview(data)[1:])
+        return _state(earlier_states.read(data)[1])
 
     @property
     def seen(self) -> tuple[tuple[bytes, int], ...]:
