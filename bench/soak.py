@@ -15,7 +15,8 @@ after its longest window:
 - the shipped config with every duration of the pipeline, the rules and the handlers divided by
   2880 (`dedupe_window` 7d -> 210 s, `repeated_contact` 24h -> 30 s, `repeat_maintenance`
   30d -> 900 s, `missing_delivery` 72h -> 90 s and its `forget_after` 30d -> 900 s, SLAs
-  2-48h -> 2.5-60 s; dispatch forgets closed exceptions after `dedupe_window`, so 210 s);
+  2-48h -> 2.5-60 s; dispatch forgets closed exceptions after `dedupe_window`, so 210 s; the
+  case view keeps closed cases for `cases.retention`, `topics.retention` when unset: 7d -> 210 s);
 - customers: `--rate` x 10, so that each has the workload's 3 events per model day;
 - a handler stand-in resolves every routed exception `--resolve-after` seconds (default 10 s:
   8 model hours) after it was routed, as handler teams do; without it dispatch would hold every
@@ -59,6 +60,7 @@ from pipeline.core.durations import parse_duration
 from pipeline.core.rules import FORGET_AFTER
 
 COMPRESSION = 86400 / 30  # the paced load's model day in 30 s
+TOPIC_RETENTION = "7d"  # topics.retention's default (pipeline/config.py)
 DURATIONS = {
     "pipeline": ("dedupe_window",),
     "rules": ("window", "grace", "delay", "forget_after"),
@@ -85,6 +87,12 @@ def compress_config(path: Path) -> dict[str, str]:
                     old = spec.get(name, FORGET_AFTER)  # forget_after's default when absent
                     spec[name] = compressed(parse_duration(old).total_seconds())
                     changed[f"{section}.{item}.{name}"] = f"{old} -> {spec[name]}"
+    # The case view's retention (cases.retention, else the topics' retention): without it, every
+    # case of the soak stays, up to cases.max_per_customer per customer, and memory grows.
+    cases = data.setdefault("cases", {})
+    old = cases.get("retention") or data.get("topics", {}).get("retention", TOPIC_RETENTION)
+    cases["retention"] = compressed(parse_duration(old).total_seconds())
+    changed["cases.retention"] = f"{old} -> {cases['retention']}"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return changed
 
