@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from itertools import zip_longest
 from typing import Any
 
-from pipeline.core.state import CustomerState
+from pipeline.core.state import CustomerState, load
 
 Recent = tuple[tuple[float, str, str], ...]
 
@@ -31,10 +31,11 @@ def context_of(
     types the rule's evidence can have (None: any), preferred when recent events share a
     time. Bounded (docs/routing.md, "Context")."""
     recent = state.recent
+    profile, orders, opened = load(state.profile), load(state.orders), load(state.open)
     places = _places(recent, evidence, observed)
     ids = {i: event_id for (event_id, _), i in zip(evidence, places, strict=True) if i is not None}
     return {
-        "profile": dict(state.profile) if state.profile else None,
+        "profile": dict(profile) if profile else None,
         "evidence": [
             {
                 "event_id": event_id,
@@ -47,9 +48,9 @@ def context_of(
         "recent_events": [
             _recent_event(recent[i], ids.get(i)) for i in reversed(range(len(recent)))
         ],
-        "open_orders": [{"order_id": k, **v} for k, v in state.orders.items()],
+        "open_orders": [{"order_id": k, **v} for k, v in orders.items()],
         "open_exceptions": [
-            {"exception_id": k, **v} for k, v in state.open.items() if k != exception_id
+            {"exception_id": k, **v} for k, v in opened.items() if k != exception_id
         ],
     }
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from pipeline.config import Config
 from pipeline.core.context import context_of, evidence_of
 from pipeline.core.models import ExceptionRecord, SourcePosition
 from pipeline.core.rules import build
-from pipeline.core.state import CustomerState
+from pipeline.core.state import CustomerState, load
 from pipeline.detectors.base import Finding, epoch
 
+_Raw = msgspec.Raw
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
 
 
@@ -81,7 +84,7 @@ class Engine:
             _keep(rules, r, step.state)
             findings.extend(step.findings)
         profile = fired.profile
-        if kind == "customer.profile" and _newer(event, profile):
+        if kind == "customer.profile" and _newer(event, load(profile)):
             profile = {
                 k: _plain(v) for k, v in event.items() if k not in _PROFILE_SKIP and v is not None
             }
@@ -170,7 +173,12 @@ class Engine:
         saved = rules.get(r.name)
         if saved is None or saved[0] != r.version:
             return r.detector.initial()  # new or changed rule: start afresh
-        return saved[1]
+        state = saved[1]
+        if state.__class__ is _Raw:  # read lazily: decoded once, kept decoded (the same value)
+            state = load(state)
+            if rules.__class__ is dict:
+                rules[r.name] = (saved[0], state)
+        return state
 
 
 RECENT_MAX = 20  # recent events kept per customer for context
@@ -184,7 +192,7 @@ def with_findings(state: CustomerState, findings: list[Finding]) -> CustomerStat
     """The customer's open exceptions after these findings."""
     if not findings:
         return state
-    opened = dict(state.open)
+    opened = dict(load(state.open))
     for f in findings:
         if f.status == "open":
             opened[f.exception_id] = {"rule": f.rule, "status": "open", "subject": dict(f.subject)}
@@ -195,9 +203,10 @@ def with_findings(state: CustomerState, findings: list[Finding]) -> CustomerStat
 
 def without_open(state: CustomerState, exception_id: str) -> CustomerState:
     """The state once a handler resolved one of the customer's exceptions."""
-    if exception_id not in state.open:
+    opened = load(state.open)
+    if exception_id not in opened:
         return state
-    return state._replace(open={k: v for k, v in state.open.items() if k != exception_id})
+    return state._replace(open={k: v for k, v in opened.items() if k != exception_id})
 
 
 def _recent(
@@ -222,18 +231,21 @@ def _recent(
     return entries[max(first, len(entries) - RECENT_MAX) :]
 
 
-def _orders(orders: Mapping[str, Any], event: Mapping[str, Any]) -> Mapping[str, Any]:
+def _orders(
+    orders: Mapping[str, Any] | msgspec.Raw, event: Mapping[str, Any]
+) -> Mapping[str, Any] | msgspec.Raw:
     kind, order_id = str(event.get("type", "")), event.get("order_id")
     if not order_id or not kind.startswith("order."):
         return orders
+    current: Mapping[str, Any] = load(orders)
     if kind in ("order.delivered", "order.cancelled"):
-        return {k: v for k, v in orders.items() if k != order_id}
-    entry = dict(orders.get(order_id, {}))
+        return {k: v for k, v in current.items() if k != order_id}
+    entry = dict(current.get(order_id, {}))
     entry["status"] = kind.removeprefix("order.")
     for name in ("value", "promised_by", "carrier", "tracking_id"):
         if event.get(name) is not None:
             entry[name] = _plain(event[name])
-    updated = {k: v for k, v in orders.items() if k != order_id}
+    updated = {k: v for k, v in current.items() if k != order_id}
     updated[order_id] = entry
     return dict(list(updated.items())[-ORDERS_MAX:])
 

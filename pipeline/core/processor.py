@@ -198,7 +198,7 @@ class Processor:
     def resolved(self, customer: bytes, exception_id: str) -> bytes | None:
         """A handler resolved one of the customer's exceptions: its new stored state, or None
         when nothing changes."""
-        state = CustomerState.from_bytes(self.store(customer))
+        state = CustomerState.from_bytes(self.store(customer), lazy=True)
         updated = without_open(state, exception_id)
         return None if updated is state else updated.to_bytes(self._compress)
 
@@ -223,7 +223,7 @@ class Processor:
         customers = 0
         for customer, value in states:
             customers += 1
-            state = CustomerState.from_bytes(value)
+            state = CustomerState.from_bytes(value, lazy=True)
             if state.partition is not None:
                 self.index.set(state.partition, customer, self.engine.next_deadline(state))
         for partition, value in clocks:
@@ -281,7 +281,7 @@ class Processor:
         self._fire_due(partition, now, wall, states, out)
         state = states.get(customer)
         if state is None:
-            state = CustomerState.from_bytes(self.store(customer))
+            state = CustomerState.from_bytes(self.store(customer), lazy=True)
         updated = state.remember(data["event_id"], t, self._window, self._max_ids)
         if updated is None:
             out.counts["duplicates", record.topic, ""] += 1
@@ -313,7 +313,7 @@ class Processor:
         for customer in list(self.index.due(partition, now)):
             state = states.get(customer)
             if state is None:
-                state = CustomerState.from_bytes(self.store(customer))
+                state = CustomerState.from_bytes(self.store(customer), lazy=True)
             new, findings = self.engine.fire(state, now)
             self._found(findings, new, now if wall is None else wall, wall, None, now, out)
             self._keep(partition, customer, new, states)

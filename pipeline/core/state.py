@@ -212,6 +212,52 @@ def _read(body: bytes | memoryview) -> CustomerState:
     )
 
 
+# Reading lazily (`CustomerState.from_bytes(data, lazy=True)`, the processor's reads): the
+# profile, open orders, open exceptions and each rule's detector state stay MessagePack
+# (`msgspec.Raw`, no copy) until something reads them (`load`), and a section nobody changed
+# is written back as the very bytes it was read from. An event touches the rules of its type
+# and the sections its type changes; the rest of a customer's state is not turned into Python
+# objects and back.
+_decode_lazy = msgspec.msgpack.Decoder(
+    tuple[
+        bytes,
+        Any,
+        dict[str, tuple[Any, msgspec.Raw]],
+        msgspec.Raw,
+        Any,
+        Any,
+        Any,
+        Any,
+        msgspec.Raw,
+        msgspec.Raw,
+    ]
+).decode
+_Raw = msgspec.Raw
+
+
+def load(section: Any) -> Any:
+    """A section of a state read lazily, decoded; any other value as it is."""
+    return _decode(section) if section.__class__ is _Raw else section
+
+
+def _read_lazy(body: bytes | memoryview) -> CustomerState:
+    try:
+        fields = _decode_lazy(body)
+    except msgspec.ValidationError:  # a rule's entry of another shape: read it all
+        return _read(body)
+    ids, gaps, rules, profile, partition, times, codes, details, orders, open_ = fields
+    return CustomerState(
+        ids,
+        tuple(accumulate(gaps)),
+        rules,
+        None if profile == _NIL else profile,
+        partition,
+        _recent(times, codes, details),
+        orders,
+        open_,
+    )
+
+
 def _recent(
     times: list[float], codes: list[Any], details: list[str]
 ) -> tuple[tuple[float, str, str], ...]:
@@ -230,6 +276,7 @@ def _state(fields: earlier_states.Fields) -> CustomerState:
 
 
 _NONE: Mapping[str, Any] = MappingProxyType({})  # the empty mapping every new state shares
+_NIL = msgspec.Raw(b"\xc0")  # MessagePack's nil: a state with no profile
 
 
 class CustomerState(NamedTuple):
@@ -243,13 +290,15 @@ class CustomerState(NamedTuple):
     seen_times: tuple[int, ...] = ()
     # rule name -> [rule_version, detector state]; a changed rule starts from a fresh state
     rules: Mapping[str, Any] = _NONE
-    profile: Mapping[str, Any] | None = None
+    # profile, orders and open (and each rule's detector state) are `msgspec.Raw` in a state
+    # read lazily until `load`ed
+    profile: Mapping[str, Any] | msgspec.Raw | None = None
     partition: int | None = None
     # context: recent events [time, type, detail], newest last; open orders by id; this
     # customer's open exceptions by id {rule, status, subject}
     recent: tuple[tuple[float, str, str], ...] = ()
-    orders: Mapping[str, Any] = _NONE
-    open: Mapping[str, Any] = _NONE
+    orders: Mapping[str, Any] | msgspec.Raw = _NONE
+    open: Mapping[str, Any] | msgspec.Raw = _NONE
 
     def to_bytes(self, compress: bool = True) -> bytes:
         """Serialise for the table (version 6, `_write`), compressed unless `compress` is
@@ -266,15 +315,18 @@ class CustomerState(NamedTuple):
         return _HEAD + body
 
     @classmethod
-    def from_bytes(cls, data: bytes | None) -> CustomerState:
-        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-6."""
+    def from_bytes(cls, data: bytes | None, lazy: bool = False) -> CustomerState:
+        """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-6.
+        `lazy`: a version 6 state's profile, orders, open exceptions and rule states are left
+        as MessagePack until `load`ed (`_read_lazy`)."""
         if not data:
             return cls()
         head = data[0]
+        read = _read_lazy if lazy else _read
         if head == _V6Z:
-            return _read(_decompress(memoryview(data)[1:]))
+            return read(_decompress(memoryview(data)[1:]))
         if head == _V6:
-            return _read(memoryview(data)[1:])
+            return read(memoryview(data)[1:])
         return _state(earlier_states.read(data)[1])
 
     @property

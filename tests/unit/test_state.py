@@ -357,3 +357,55 @@ def test_remembering_agrees_with_a_plain_list_of_ids_and_times() -> None:
                 state = CustomerState.from_bytes(step.to_bytes())
                 model = expected
                 assert list(state.seen) == model, (max_ids, i)
+
+
+def test_a_state_read_lazily_is_written_back_as_it_was_and_finds_what_a_full_read_finds() -> None:
+    """The processor reads states lazily (`from_bytes(..., lazy=True)`): sections an event does
+    not touch stay MessagePack. The bytes written back and the findings must not tell."""
+    import io as _io
+    from datetime import UTC, datetime
+
+    from pipeline.config import load_config
+    from pipeline.core.engine import Engine
+    from pipeline.core.state import load
+    from pipeline.tools.replay import Replay
+    from tests.integration import scenario
+
+    now = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    config = load_config()
+    replay = Replay(config, errors=_io.StringIO())
+    list(replay.feed([orjson.dumps(e) for e in scenario.build(now, noise=200)]))
+    list(replay.finish())
+    engine = Engine(config)
+    later = now.timestamp() + DAY
+    at = datetime.fromtimestamp(later, UTC).isoformat()
+    touched = 0
+    for customer, value in replay.states.items():
+        assert CustomerState.from_bytes(value, lazy=True).to_bytes() == value
+        orders = list(load(CustomerState.from_bytes(value, lazy=True).orders))
+        events: list[dict[str, object]] = [
+            {"type": "interaction.complaint", "sentiment": "negative", "channel": "phone"},
+            {"type": "interaction.contact", "category": "billing", "channel": "chat"},
+            {"type": "customer.profile", "tier": "gold", "name": "New Name"},
+            {"type": "interaction.maintenance_requested", "asset_id": "a-1"},
+            {"type": "order.shipped", "order_id": "o-new", "promised_by": at},
+            *({"type": "order.delivered", "order_id": o} for o in orders[:1]),
+        ]
+        for n, fields in enumerate(events):
+            event = {
+                "event_id": f"later-{n}",
+                "customer_id": customer.decode(),
+                "occurred_at": at,
+                **fields,
+            }
+            lazy, lazy_found = engine.observe(
+                CustomerState.from_bytes(value, lazy=True), event, later
+            )
+            full, full_found = engine.observe(CustomerState.from_bytes(value), event, later)
+            assert lazy.to_bytes() == full.to_bytes()
+            assert lazy_found == full_found
+            assert [engine.context(lazy, f) for f in lazy_found] == [
+                engine.context(full, f) for f in full_found
+            ]
+            touched += bool(lazy_found)
+    assert touched  # some of the events found something: contexts were compared
