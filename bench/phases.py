@@ -49,6 +49,9 @@ def drain(workers: list[Worker], events: int, timeout: float, base: float = 0) -
     than the `base` they had consumed before)."""
     samples: list[tuple[float, float]] = []
     deadline, cpu, queued = time.monotonic() + timeout, 0.0, 0.0
+    # the workers' CPU at the last poll that found nothing consumed yet: the start of a drain
+    # that ends by the next one
+    cpu_before = queued_before = 0.0
     while not samples or samples[-1][1] < events:
         if time.monotonic() > deadline:
             got = samples[-1][1] if samples else 0
@@ -58,7 +61,10 @@ def drain(workers: list[Worker], events: int, timeout: float, base: float = 0) -
         for w in workers:
             w.alive()
         n = consumed(workers) - base
-        if n > 0:
+        if n <= 0:
+            cpu_before = sum(w.cpu_seconds() for w in workers)
+            queued_before = sum(w.sched()[1] for w in workers)
+        else:
             if not samples:
                 cpu = sum(w.cpu_seconds() for w in workers)
                 queued = sum(w.sched()[1] for w in workers)
@@ -66,11 +72,12 @@ def drain(workers: list[Worker], events: int, timeout: float, base: float = 0) -
             if n >= events:
                 break
         time.sleep(POLL)
-    cpu = sum(w.cpu_seconds() for w in workers) - cpu
-    queued = sum(w.sched()[1] for w in workers) - queued
+    cpu_now, queued_now = sum(w.cpu_seconds() for w in workers), sum(w.sched()[1] for w in workers)
+    cpu, queued = cpu_now - cpu, queued_now - queued
     (t0, n0), (t1, _) = samples[0], samples[-1]
     if t1 <= t0:  # all of it between two polls (a small smoke run): timed as one poll's time,
-        # a lower bound of the rate
+        # a lower bound of the rate, and its CPU since the poll before
+        cpu, queued = cpu_now - cpu_before, queued_now - queued_before
         return Drain(events, POLL, events / POLL, events / POLL, cpu, queued)
     rate = (events - n0) / max(t1 - t0, 1e-3)
     lo, hi = _crossing(samples, 0.1 * events), _crossing(samples, 0.9 * events)
