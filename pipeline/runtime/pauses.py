@@ -1,11 +1,11 @@
 """Garbage-collector pauses kept short and counted.
 
-The worker holds everything the interpreter and its libraries made at start (about 100,000
-objects: modules, classes, Faust's and aiokafka's services) for its whole life. With CPython's
+The worker holds everything the interpreter and its libraries made at start (modules, classes,
+Faust's and aiokafka's services: most of its objects) for its whole life. With CPython's
 default thresholds, each full collection walks all of them, and the records of a fetch and the
 objects of a batch, alive across many small collections, are promoted into the oldest generation
-fast enough to set one off every few seconds: every thread of the worker stops for the
-walk, the case API's and the fetcher's included, which is what a latency tail is made of.
+fast enough to set full collections off again and again: every thread of the worker stops for
+the walk, the case API's and the fetcher's included, which is what a latency tail is made of.
 `quiet()` moves what exists at start out of the collector's sight (`gc.freeze`) and lets a batch's
 objects die young before a collection looks at them; the collector still runs, on what the
 worker made since. `casewatch_gc_pause_seconds` shows every pause by generation.
