@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_demo_lifecycle import _alive
-from tests.integration.workers import free_port, wait_for
+from tests.integration.workers import wait_for
+from tests.ports import free_base
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,9 @@ def _found(out: Path) -> int:
 def test_the_demo_shows_exceptions_overflow_and_escalation_within_a_minute(
     bootstrap: str, tmp_path: Path
 ) -> None:
-    port = free_port()
+    # The demo's two workers serve /metrics on this port and the next: both free, and below the
+    # ephemeral range, where a client connection can take the second meanwhile.
+    port = free_base(0, 1)
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     with out.open("w") as stdout, err.open("w") as stderr:
