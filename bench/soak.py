@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import loader, phases, workload
 from bench.procs import BenchError, Worker, create_topics, stop, up, write_config
+from pipeline.config import load_config
 from pipeline.core.durations import parse_duration
 from pipeline.core.rules import FORGET_AFTER
 
 COMPRESSION = 86400 / 30  # the paced load's model day in 30 s
-TOPIC_RETENTION = "7d"  # topics.retention's default (pipeline/config.py)
 DURATIONS = {
     "pipeline": ("dedupe_window",),
     "rules": ("window", "grace", "delay", "forget_after"),
@@ -89,10 +89,9 @@ def compress_config(path: Path) -> dict[str, str]:
                     changed[f"{section}.{item}.{name}"] = f"{old} -> {spec[name]}"
     # The case view's retention (cases.retention, else the topics' retention): without it, every
     # case of the soak stays, up to cases.max_per_customer per customer, and memory grows.
-    cases = data.setdefault("cases", {})
-    old = cases.get("retention") or data.get("topics", {}).get("retention", TOPIC_RETENTION)
-    cases["retention"] = compressed(parse_duration(old).total_seconds())
-    changed["cases.retention"] = f"{old} -> {cases['retention']}"
+    kept = load_config(path).case_retention()
+    data.setdefault("cases", {})["retention"] = compressed(kept.total_seconds())
+    changed["cases.retention"] = f"{kept} -> {data['cases']['retention']}"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return changed
 

@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from pipeline.config import Config
 from pipeline.core.context import context_of, evidence_of
 from pipeline.core.models import ExceptionRecord, SourcePosition
 from pipeline.core.rules import build
-from pipeline.core.state import CustomerState, load
+from pipeline.core.state import CustomerState, Section, load
 from pipeline.detectors.base import Finding, epoch
 
-_Raw = msgspec.Raw
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
 
 
@@ -173,11 +170,10 @@ class Engine:
         saved = rules.get(r.name)
         if saved is None or saved[0] != r.version:
             return r.detector.initial()  # new or changed rule: start afresh
-        state = saved[1]
-        if state.__class__ is _Raw:  # read lazily: decoded once, kept decoded (the same value)
-            state = load(state)
-            if rules.__class__ is dict:
-                rules[r.name] = (saved[0], state)
+        state = load(saved[1])
+        if state is not saved[1] and rules.__class__ is dict:
+            # read lazily: decoded once, kept decoded (the same value, the same bytes written)
+            rules[r.name] = (saved[0], state)
         return state
 
 
@@ -231,9 +227,7 @@ def _recent(
     return entries[max(first, len(entries) - RECENT_MAX) :]
 
 
-def _orders(
-    orders: Mapping[str, Any] | msgspec.Raw, event: Mapping[str, Any]
-) -> Mapping[str, Any] | msgspec.Raw:
+def _orders(orders: Section, event: Mapping[str, Any]) -> Section:
     kind, order_id = str(event.get("type", "")), event.get("order_id")
     if not order_id or not kind.startswith("order."):
         return orders

@@ -198,20 +198,6 @@ def _write(state: CustomerState) -> bytes:
     )
 
 
-def _read(body: bytes | memoryview) -> CustomerState:
-    ids, gaps, rules, profile, partition, times, codes, details, orders, open_ = _decode(body)
-    return CustomerState(
-        ids,
-        tuple(accumulate(gaps)),
-        rules,
-        profile,
-        partition,
-        _recent(times, codes, details),
-        orders,
-        open_,
-    )
-
-
 # Reading lazily (`CustomerState.from_bytes(data, lazy=True)`, the processor's reads): the
 # profile, open orders, open exceptions and each rule's detector state stay MessagePack
 # (`msgspec.Raw`, no copy) until something reads them (`load`), and a section nobody changed
@@ -233,6 +219,8 @@ _decode_lazy = msgspec.msgpack.Decoder(
     ]
 ).decode
 _Raw = msgspec.Raw
+# A part of a state that may still be MessagePack (read lazily): `load` it to read it.
+Section = Mapping[str, Any] | msgspec.Raw
 
 
 def load(section: Any) -> Any:
@@ -240,17 +228,17 @@ def load(section: Any) -> Any:
     return _decode(section) if section.__class__ is _Raw else section
 
 
-def _read_lazy(body: bytes | memoryview) -> CustomerState:
+def _read(body: bytes | memoryview, lazy: bool = False) -> CustomerState:
     try:
-        fields = _decode_lazy(body)
-    except msgspec.ValidationError:  # a rule's entry of another shape: read it all
-        return _read(body)
+        fields = _decode_lazy(body) if lazy else _decode(body)
+    except msgspec.ValidationError:  # read lazily, a rule's entry of another shape: read it all
+        fields = _decode(body)
     ids, gaps, rules, profile, partition, times, codes, details, orders, open_ = fields
     return CustomerState(
         ids,
         tuple(accumulate(gaps)),
         rules,
-        None if profile == _NIL else profile,
+        None if profile == _NIL else profile,  # nil read lazily
         partition,
         _recent(times, codes, details),
         orders,
@@ -292,13 +280,13 @@ class CustomerState(NamedTuple):
     rules: Mapping[str, Any] = _NONE
     # profile, orders and open (and each rule's detector state) are `msgspec.Raw` in a state
     # read lazily until `load`ed
-    profile: Mapping[str, Any] | msgspec.Raw | None = None
+    profile: Section | None = None
     partition: int | None = None
     # context: recent events [time, type, detail], newest last; open orders by id; this
     # customer's open exceptions by id {rule, status, subject}
     recent: tuple[tuple[float, str, str], ...] = ()
-    orders: Mapping[str, Any] | msgspec.Raw = _NONE
-    open: Mapping[str, Any] | msgspec.Raw = _NONE
+    orders: Section = _NONE
+    open: Section = _NONE
 
     def to_bytes(self, compress: bool = True) -> bytes:
         """Serialise for the table (version 6, `_write`), compressed unless `compress` is
@@ -318,15 +306,14 @@ class CustomerState(NamedTuple):
     def from_bytes(cls, data: bytes | None, lazy: bool = False) -> CustomerState:
         """Read a table value; `None` (a new customer) is the empty state. Reads versions 1-6.
         `lazy`: a version 6 state's profile, orders, open exceptions and rule states are left
-        as MessagePack until `load`ed (`_read_lazy`)."""
+        as MessagePack until `load`ed."""
         if not data:
             return cls()
         head = data[0]
-        read = _read_lazy if lazy else _read
         if head == _V6Z:
-            return read(_decompress(memoryview(data)[1:]))
+            return _read(_decompress(memoryview(data)[1:]), lazy)
         if head == _V6:
-            return read(memoryview(data)[1:])
+            return _read(memoryview(data)[1:], lazy)
         return _state(earlier_states.read(data)[1])
 
     @property

@@ -22,15 +22,13 @@ from typing import Any
 YOUNG_THRESHOLD = 20_000
 
 
-def quiet(histogram: Any | None = None) -> None:
+def quiet(histogram: Any) -> None:
     """Freeze what exists now, collect young objects less often, and time each pause into
-    `histogram` (a Prometheus histogram labelled by generation) if given."""
+    `histogram` (a Prometheus histogram labelled by generation)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
-    if histogram is None:
-        return
     children = [histogram.labels(str(g)) for g in range(3)]
     started = 0.0
 

@@ -38,5 +38,5 @@ def test_a_drain_faster_than_one_poll_is_timed_as_one_poll(monkeypatch: Any) -> 
     d = phases.drain([worker], 3000, timeout=5)  # type: ignore[list-item]
     assert d.seconds == phases.POLL
     assert d.events_per_s == pytest.approx(3000 / phases.POLL)
-    # its CPU counts from before the first poll (bench/floor.py divides by it)
+    # its CPU counts from the poll before it (bench/floor.py divides by it)
     assert d.cpu_seconds == pytest.approx(0.02)

@@ -9,11 +9,15 @@ import math
 import random
 import struct
 import tracemalloc
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from pipeline.core.state import VERSION, CustomerState, plain
+from pipeline.config import load_config
+from pipeline.core.engine import Engine
+from pipeline.core.state import VERSION, CustomerState, load, plain
+from pipeline.tools.replay import Replay
+from tests.integration import scenario
 
 DAY = 86400.0
 WEEK = timedelta(days=7)
@@ -362,18 +366,9 @@ def test_remembering_agrees_with_a_plain_list_of_ids_and_times() -> None:
 def test_a_state_read_lazily_is_written_back_as_it_was_and_finds_what_a_full_read_finds() -> None:
     """The processor reads states lazily (`from_bytes(..., lazy=True)`): sections an event does
     not touch stay MessagePack. The bytes written back and the findings must not tell."""
-    import io as _io
-    from datetime import UTC, datetime
-
-    from pipeline.config import load_config
-    from pipeline.core.engine import Engine
-    from pipeline.core.state import load
-    from pipeline.tools.replay import Replay
-    from tests.integration import scenario
-
     now = datetime(2026, 3, 1, 9, tzinfo=UTC)
     config = load_config()
-    replay = Replay(config, errors=_io.StringIO())
+    replay = Replay(config, errors=io.StringIO())
     list(replay.feed([orjson.dumps(e) for e in scenario.build(now, noise=200)]))
     list(replay.finish())
     engine = Engine(config)
