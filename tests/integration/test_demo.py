@@ -91,6 +91,7 @@ def test_the_demo_shows_exceptions_overflow_and_escalation_within_a_minute(
         demo.wait(120)
     finally:
         demo.kill()
+        demo.wait()
     assert demo.returncode == 0, err.read_text()[-2000:]
     final = [line for line in out.read_text().splitlines() if line.startswith("demo summary")][-1]
     counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", final)}

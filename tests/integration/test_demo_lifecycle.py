@@ -110,6 +110,7 @@ def test_sigterm_stops_the_workers_and_leaves_the_broker_it_found_running(
         assert demo.wait(60) == 0
     finally:
         demo.kill()
+        demo.wait()
     _assert_all_gone(pids)
     assert _broker_running(env), "the demo stopped a broker it did not start"
 
@@ -146,6 +147,7 @@ def test_closing_its_terminal_sighup_stops_everything(bootstrap: str, tmp_path: 
         assert demo.wait(60) == 0  # stopped cleanly, not killed by the signal
     finally:
         demo.kill()
+        demo.wait()
     _assert_all_gone(pids)
 
 
@@ -163,6 +165,7 @@ def test_ctrl_c_stops_the_broker_the_demo_started(own_cache: Path) -> None:
         assert demo.wait(90) == 0
     finally:
         demo.kill()
+        demo.wait()
         subprocess.run([str(LOCAL_KAFKA), "stop", "--purge"], env=env, capture_output=True)
     _assert_all_gone(pids)
     with socket.socket() as s:

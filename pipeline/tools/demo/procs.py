@@ -218,7 +218,10 @@ class Processes:
             "workers": [p.pid for p in self.workers],
             "metrics_ports": self.metrics_ports,
         }
-        (self.folder / "pids.json").write_text(json.dumps(pids) + "\n")
+        # Written whole, then renamed: a reader never sees a half-written file.
+        part = self.folder / "pids.json.part"
+        part.write_text(json.dumps(pids) + "\n")
+        part.replace(self.folder / "pids.json")
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
