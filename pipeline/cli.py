@@ -227,6 +227,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from pipeline.runtime.app import build_app
     from pipeline.runtime.durable import local_state_guard
+    from pipeline.runtime.logs import logging_config
     from pipeline.runtime.metrics import Metrics
     from pipeline.runtime.pauses import quiet
 
@@ -252,7 +253,8 @@ def _worker(args: argparse.Namespace) -> int:
     app = build_app(config, runtime, metrics)
     quiet(metrics.gc_pause)
     with local_state_guard(app, runtime.store):
-        Worker(app, loglevel=args.loglevel).execute_from_commandline()
+        plain = None if sys.stderr.isatty() else logging_config(args.loglevel)
+        Worker(app, loglevel=args.loglevel, logging_config=plain).execute_from_commandline()
     return 0
 
 

@@ -58,6 +58,9 @@ class Dispatcher:
     store: MutableMapping[str, dict[str, Any]]  # exception id -> entry (the dispatch table)
     open: dict[str, set[str]] = field(default_factory=dict)  # handler -> open exception ids
     since: dict[str, float] = field(default_factory=dict)  # open id -> routed to its holder at
+    # handler -> heap of (since, id) as they entered; entries of ids that left or moved on are
+    # dropped when they reach the top (oldest_open) or when they outnumber the live ones
+    _oldest: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     _sla: list[tuple[float, str]] = field(default_factory=list)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
     # drained by the caller: handlers whose SLA was breached; (handler, seconds held) resolved
@@ -77,6 +80,7 @@ class Dispatcher:
         """After a rebalance or restart: counts and timers from the table's contents."""
         self.open = {name: set() for name in self.config.handlers}
         self.since = {}
+        self._oldest = {}
         self._sla, self._expiry = [], []
         self.entries = 0
         for exception_id, entry in items:
@@ -180,10 +184,15 @@ class Dispatcher:
 
     def oldest_open(self, handler: str) -> float | None:
         """Event time at which the oldest exception this handler holds was routed to it."""
-        # From memory: the gauges ask on every dispatch message, the table is not read for it.
-        return min(
-            (self.since[i] for i in self.open.get(handler, ()) if i in self.since), default=None
-        )
+        # The gauges ask on every dispatch message: from memory, and without a walk over every
+        # open exception (thousands when a handler falls behind).
+        heap = self._oldest.get(handler)
+        if not heap:
+            return None
+        held, since = self.open.get(handler, ()), self.since
+        while heap and (heap[0][1] not in held or since.get(heap[0][1]) != heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- internals -------------------------------------------------------------------------
 
@@ -296,8 +305,19 @@ class Dispatcher:
     def _enter(self, exception_id: str, handler: str, entry: dict[str, Any]) -> None:
         self.open.setdefault(handler, set()).add(exception_id)
         self.since[exception_id] = entry["since"]
+        self._held_since(handler, exception_id, entry["since"])
         if entry.get("deadline") is not None:
             heapq.heappush(self._sla, (entry["deadline"], exception_id))
+
+    def _held_since(self, handler: str, exception_id: str, since: float) -> None:
+        """`exception_id`, now open with `handler`, routed to its holder at `since`."""
+        heap = self._oldest.setdefault(handler, [])
+        heapq.heappush(heap, (since, exception_id))
+        held = self.open.get(handler, ())
+        if len(heap) > 2 * len(held) + 64:  # mostly ids that left: keep the live ones, once
+            live = {(s, i) for s, i in heap if i in held and self.since.get(i) == s}
+            heap[:] = live
+            heapq.heapify(heap)
 
     def _leave(self, exception_id: str, handler: str) -> None:
         self.open.get(handler, set()).discard(exception_id)
@@ -306,10 +326,11 @@ class Dispatcher:
         if entry.get("closed") is not None:
             heapq.heappush(self._expiry, (entry["closed"] + self.keep_closed, exception_id))
             return
+        self.since[exception_id] = entry["since"]
         for h in entry["holders"]:
             if h in self.config.handlers:
                 self.open.setdefault(h, set()).add(exception_id)
-        self.since[exception_id] = entry["since"]
+                self._held_since(h, exception_id, entry["since"])
         if entry.get("deadline") is not None:
             heapq.heappush(self._sla, (entry["deadline"], exception_id))
 

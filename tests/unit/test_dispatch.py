@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,55 @@ def test_the_oldest_open_age_comes_from_memory_and_follows_the_holder(config: Co
     again = Dispatcher(config, store)
     again.rebuild(store.items())
     assert again.oldest_open("supervisors") == 20.0 + 8 * H
+
+
+def test_the_oldest_open_age_matches_every_open_exception_through_many_changes(
+    tmp_path: Path,
+) -> None:
+    """Routing, resolutions by handler and detector, reassignment, escalation back and forth
+    and a rebuild, in a random order: the oldest open time of every handler is the smallest
+    over its open exceptions, as the table holds them."""
+    file = tmp_path / "c.yaml"
+    file.write_text(
+        CONFIG.replace(
+            "supervisors: {capacity: 2, resolve_within: 4h}",
+            "supervisors: {capacity: 2, resolve_within: 4h, escalate_to: logistics}",
+        )
+    )
+    config = load_config(file)
+    rng = random.Random(7)
+    store: dict[str, Any] = {}
+    d = Dispatcher(config, store)
+    now = 0.0
+    for step in range(3000):
+        now += rng.random() * 600
+        n = rng.randrange(400)
+        entry = store.get(f"x{n}")
+        choice = rng.random()
+        if entry is None:
+            d.on_exception(record(n), now)
+        elif entry.get("closed") is None and choice < 0.3:
+            d.on_exception(record(n, status="resolved"), now)
+        elif entry.get("closed") is None and choice < 0.6:
+            status = "resolved" if choice < 0.45 else "reassigned"
+            d.on_resolution(
+                {
+                    "exception_id": f"x{n}",
+                    "handler": entry["holders"][-1],
+                    "status": status,
+                    "at": "2026-01-01T00:00:00+00:00",
+                },
+                now,
+            )
+        d.fire(now)
+        if step % 700 == 699:
+            d = Dispatcher(config, store)
+            d.rebuild(store.items())
+        for handler in config.handlers:
+            expected = [
+                e["since"]
+                for e in store.values()
+                if e.get("closed") is None and handler in e["holders"]
+            ]
+            assert d.oldest_open(handler) == min(expected, default=None), (step, handler)
+    assert sum(len(h) for h in d._oldest.values()) < 3 * sum(map(len, d.open.values())) + 200
