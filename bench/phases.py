@@ -110,6 +110,7 @@ class Load:
     runqueue_share: float  # ... and seconds it waited for a CPU that other processes held
     sent: dict[tuple[str, int, int], float]
     routing_catch_up_s: float = 0.0  # after the catch-up, until dispatch routed every exception
+    batches: int = 0  # batches the worker processed (the latency histogram counts one each)
 
 
 def paced_load(
@@ -152,6 +153,7 @@ def paced_load(
         cpu_share=cpu / seconds,
         runqueue_share=queued / seconds,
         sent=sent.sent,
+        batches=int(hist[-1][1]) if hist else 0,
     )
 
 
