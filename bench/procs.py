@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,11 +28,18 @@ class BenchError(RuntimeError):
     """The benchmark could not measure what it set out to (a worker died, a wait timed out)."""
 
 
-def write_config(folder: Path, unique: str, partitions: int = 6, app_id: str | None = None) -> Path:
+def write_config(
+    folder: Path,
+    unique: str,
+    partitions: int = 6,
+    app_id: str | None = None,
+    pipeline: dict[str, Any] | None = None,
+) -> Path:
     """The shipped config, every rule, handler and route included, on topics of this run alone;
-    `app_id` (group, internal topics, tables) is `unique` unless given."""
+    `app_id` (group, internal topics, tables) is `unique` unless given; `pipeline`: settings of
+    its `pipeline` section to change (`bench/run.py --set`)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    data["pipeline"] |= {"app_id": app_id or unique, "partitions": partitions}
+    data["pipeline"] |= {**(pipeline or {}), "app_id": app_id or unique, "partitions": partitions}
     for name in ("interactions", "orders", "resolutions", "exceptions", "dlq"):
         data["topics"][name] = f"{unique}.{name}"
     data["topics"]["handler_prefix"] = f"{unique}.handler."

@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import chart, loader, phases, profile, report, workload
@@ -122,7 +124,7 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
     def fresh(self, uid: str) -> tuple[Path, loader.Topics]:
-        config = write_config(self.folder, uid)
+        config = write_config(self.folder, uid, pipeline=self.args.set)
         create_topics(config, self.bootstrap)
         self.topics_made.append(uid)
         return config, loader.Topics(f"{uid}.interactions", f"{uid}.orders", 6)
@@ -142,6 +144,7 @@ class Bench:
         self.r |= {
             "mode": self.args.mode,
             "store": self.args.store,
+            "settings": self.args.set,
             "customers": m.customers,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "commit": report.git_head(REPO),
@@ -421,6 +424,14 @@ class Bench:
             self.say(f"could not delete this run's topics: {exc}")
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """NAME=VALUE, the value read as YAML (as the config file would give it)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -450,9 +461,19 @@ def main(argv: list[str] | None = None) -> int:
         help="stop after the one-worker drain (publish, ceiling, drain, routing catch-up): "
         "for A/B comparisons of events per CPU second",
     )
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the workers' config `pipeline` section, for A/B runs of a setting "
+        "(e.g. --set fetch_max_wait=250ms --set fetch_min_bytes=1048576); repeatable",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs, state)")
     args = p.parse_args(argv)
+    args.set = dict(args.set)
     # SIGTERM (CI cancelling, `kill`) ends the run through the same cleanup as an error: the
     # workers it started are stopped and its topics deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
