@@ -18,7 +18,7 @@ from pipeline.config import Config
 from pipeline.core.context import context_of, evidence_of
 from pipeline.core.models import ExceptionRecord, SourcePosition
 from pipeline.core.rules import build
-from pipeline.core.state import CustomerState, Section, load
+from pipeline.core.state import CustomerState, Section, load, new_state
 from pipeline.detectors.base import Finding, epoch
 
 _PROFILE_SKIP = frozenset({"event_id", "type", "customer_id", "source"})
@@ -60,11 +60,21 @@ class Engine:
         self._names = frozenset(self._by_name)
 
     def observe(
-        self, state: CustomerState, event: Mapping[str, Any], clock: float
+        self,
+        state: CustomerState,
+        event: Mapping[str, Any],
+        clock: float,
+        due: float | None = float("-inf"),
     ) -> tuple[CustomerState, list[Finding]]:
         """One event of this customer: deadlines due by `clock` fire first, then every rule
-        sees the event. Returns the new state and what was found, in order."""
-        fired, findings = self.fire(state, clock)
+        sees the event. Returns the new state and what was found, in order. `due`: the
+        state's next deadline (`next_deadline`) when the caller knows it, None for none; by
+        default it is looked for."""
+        findings: list[Finding]
+        if due is None or due > clock:
+            fired, findings = state, []
+        else:
+            fired, findings = self.fire(state, clock)
         rules = dict(fired.rules)
         kind = event.get("type")
         for r in self.rules:
@@ -85,15 +95,18 @@ class Engine:
             profile = {
                 k: _plain(v) for k, v in event.items() if k not in _PROFILE_SKIP and v is not None
             }
-        new = CustomerState(
-            fired.seen_ids,
-            fired.seen_times,
-            rules,
-            profile,
-            fired.partition,
-            _recent(fired.recent, event),
-            _orders(fired.orders, event),
-            fired.open,
+        new = new_state(
+            CustomerState,
+            (
+                fired.seen_ids,
+                fired.seen_times,
+                rules,
+                profile,
+                fired.partition,
+                _recent(fired.recent, event),
+                _orders(fired.orders, event),
+                fired.open,
+            ),
         )
         return with_findings(new, findings), findings
 

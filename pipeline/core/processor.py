@@ -288,8 +288,14 @@ class Processor:
             return
         out.counts["events", record.topic, kind] += 1
         if updated.partition != partition:
+            due: float | None = NEVER  # not indexed here (new, or another partition's): look
             updated = updated._replace(partition=partition)
-        new, findings = self.engine.observe(updated, data, now)
+        else:
+            # Written by this partition's processor or read back by `recovered`: the index
+            # holds its next deadline (none: nothing pending), and `_fire_due` has just fired
+            # whatever was due by `now`.
+            due = self.index.live.get(customer)
+        new, findings = self.engine.observe(updated, data, now, due)
         if findings:
             position = (
                 SourcePosition(topic=record.topic, partition=partition, offset=record.offset)

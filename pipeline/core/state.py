@@ -182,18 +182,21 @@ def _write(state: CustomerState) -> bytes:
     if None in codes:  # a type not listed: kept by name
         codes = [_TYPE_CODE.get(k, k) for k in kinds]
     seen = state.seen_times
+    rules, orders, open_ = state.rules, state.orders, state.open
     return _encode(
         (
             state.seen_ids,
             (seen[0], *map(sub, seen[1:], seen)) if seen else seen,
-            state.rules,
+            # a new state's shared empty mapping as an empty dict: msgspec would call
+            # `_unsupported` for it, which costs more than the rest of a small state's write
+            _EMPTY if rules is _NONE else rules,
             state.profile,
             state.partition,
             times,
             codes,
             details,
-            state.orders,
-            state.open,
+            _EMPTY if orders is _NONE else orders,
+            _EMPTY if open_ is _NONE else open_,
         )
     )
 
@@ -234,15 +237,18 @@ def _read(body: bytes | memoryview, lazy: bool = False) -> CustomerState:
     except msgspec.ValidationError:  # read lazily, a rule's entry of another shape: read it all
         fields = _decode(body)
     ids, gaps, rules, profile, partition, times, codes, details, orders, open_ = fields
-    return CustomerState(
-        ids,
-        tuple(accumulate(gaps)),
-        rules,
-        None if profile == _NIL else profile,  # nil read lazily
-        partition,
-        _recent(times, codes, details),
-        orders,
-        open_,
+    return new_state(
+        CustomerState,
+        (
+            ids,
+            tuple(accumulate(gaps)),
+            rules,
+            None if profile == _NIL else profile,  # nil read lazily
+            partition,
+            _recent(times, codes, details),
+            orders,
+            open_,
+        ),
     )
 
 
@@ -263,7 +269,11 @@ def _state(fields: earlier_states.Fields) -> CustomerState:
     return CustomerState(ids, times, rules, profile, partition, _recent(*recent), orders, open_)
 
 
+# A state made from its fields in order, every one given: the named tuple's own constructor
+# (a Python function, for its keywords and defaults) costs twice as much, on every event.
+new_state = tuple.__new__  # new_state(CustomerState, (seen_ids, ..., open))
 _NONE: Mapping[str, Any] = MappingProxyType({})  # the empty mapping every new state shares
+_EMPTY: dict[str, Any] = {}  # written for it (never changed)
 _NIL = msgspec.Raw(b"\xc0")  # MessagePack's nil: a state with no profile
 
 
@@ -344,13 +354,16 @@ class CustomerState(NamedTuple):
             at_ = max(first, bisect_right(times, at))  # an id older than the window goes first
             kept_times = (*times[first:at_], ceil(at), *times[at_:])[-max_ids:]
             kept_ids = (ids[8 * first : 8 * at_] + key + ids[8 * at_ :])[-8 * max_ids :]
-        return CustomerState(
-            kept_ids,
-            kept_times,
-            self.rules,
-            self.profile,
-            self.partition,
-            self.recent,
-            self.orders,
-            self.open,
+        return new_state(
+            CustomerState,
+            (
+                kept_ids,
+                kept_times,
+                self.rules,
+                self.profile,
+                self.partition,
+                self.recent,
+                self.orders,
+                self.open,
+            ),
         )

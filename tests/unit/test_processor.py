@@ -204,6 +204,26 @@ def test_the_partition_that_processed_an_event_owns_the_customer() -> None:
     assert CustomerState.from_bytes(r.states[b"c-a"]).partition == 0
 
 
+def test_a_deadline_of_a_state_from_another_partition_fires_at_its_next_event() -> None:
+    """c-a's parcel was shipped while another partition owned c-a (the topics were
+    re-partitioned), so no deadline index here knows it is due at +5h. c-b's events move the
+    clock to +10h; c-a's next event then finds the deadline passed: the missing delivery comes
+    out before anything else of c-a's, live and in replay."""
+    r = Replay(CONFIG, errors=io.StringIO())
+    list(r.feed([shipped("a1", "c-a", "o-a")]))
+    state = CustomerState.from_bytes(r.states[b"c-a"])
+    elsewhere = {b"c-a": state._replace(partition=5).to_bytes()}
+    lines = [
+        contact("b0", 10, "c-b"),
+        ev("b1", "order.delivery_failed", 10, "c-b", order_id="o-b", reason="address not found"),
+        contact("a2", 10, "c-a"),
+    ]
+    ours, _, _ = live(lines, stored=elsewhere)
+    theirs, _ = replayed(lines, stored=elsewhere)
+    assert ours == theirs
+    assert [rule for rule, _, _ in ours] == ["delivery_failed", "missing_delivery"], ours
+
+
 def test_a_duplicate_moves_the_clock_and_fires_what_is_due() -> None:
     """The event that moves the clock past c-a's deadline is a repeat of one c-b sent: its
     time still counts, live and in replay."""
