@@ -353,6 +353,12 @@ class FaustPeers:
             session = self._sessions[loop] = aiohttp.ClientSession()
         return session
 
+    async def close(self) -> None:
+        """Close the running loop's HTTP client (the web server's cleanup, in its thread)."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None and not session.closed:
+            await session.close()
+
     def me(self) -> str:
         return str(self.app.conf.canonical_url).rstrip("/")
 
@@ -394,7 +400,13 @@ def install(app: Any, api: CaseApi) -> None:
     metrics are `casewatch_api_*`)."""
     from aiohttp import web
 
-    router = app.web.web_app.router
+    web_app = app.web.web_app
+    router = web_app.router
+    close = getattr(api.peers, "close", None)
+    if close is not None:
+        # The client that passes requests on to other workers, closed with the web server
+        # (aiohttp warns of an unclosed session at exit otherwise).
+        web_app.on_cleanup.append(lambda _app: close())
     for name, path in ROUTES.items():
 
         async def get(request: web.Request, _route: str = name) -> Any:

@@ -295,3 +295,26 @@ def test_the_openapi_document_is_served_without_a_token_and_is_the_committed_one
     assert reply.status == 200
     committed = Path(__file__).resolve().parents[2] / "schemas" / "cases-api.openapi.json"
     assert body(reply) == orjson.loads(committed.read_bytes())
+
+
+def test_the_client_that_asks_other_workers_is_closed_with_the_web_server() -> None:
+    """A worker that passed a request on keeps an HTTP client; its web server's cleanup
+    closes it (else aiohttp reports an unclosed client session when the worker stops)."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from pipeline.runtime.api import FaustPeers, install
+
+    peers = FaustPeers(SimpleNamespace(), "cases")
+    served, _ = api(peers)  # type: ignore[arg-type]
+    web_app = web.Application()
+    install(SimpleNamespace(web=SimpleNamespace(web_app=web_app)), served)
+    web_app.freeze()  # as the server's runner does when it starts
+
+    async def serve_then_stop() -> Any:
+        session = peers._session()  # as a request passed on makes it
+        await web_app.cleanup()
+        return session
+
+    assert asyncio.run(serve_then_stop()).closed
