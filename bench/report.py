@@ -1,4 +1,6 @@
-"""The figures as a table on the terminal and as JSON, against the targets of issue 7."""
+"""The figures as a table on the terminal and as JSON, against the targets one run can check
+(docs/performance.md, "Targets"; the other one, three times the per-message worker measured the
+same day, takes `--drain-only` runs of both commits)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ from typing import Any
 
 TARGETS = (
     # key, label, target text, test
-    ("ratio", "throughput / ceiling", ">= 0.50", lambda v: v >= 0.5),
-    ("worker_events_per_s", "one worker, events/s", ">= 30,000", lambda v: v >= 30_000),
+    ("ratio", "throughput / ceiling", ">= 0.25", lambda v: v >= 0.25),
     ("p99_ms", "p99 processing latency at 70% of peak", "<= 50 ms", lambda v: v <= 50),
     ("state_bytes_per_customer", "state per customer", "<= 1,024 B", lambda v: v <= 1024),
 )
