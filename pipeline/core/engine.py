@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.core.clock import NEVER
 from pipeline.core.context import context_of, evidence_of
 from pipeline.core.models import ExceptionRecord, SourcePosition
 from pipeline.core.rules import build
@@ -64,7 +65,7 @@ class Engine:
         state: CustomerState,
         event: Mapping[str, Any],
         clock: float,
-        due: float | None = float("-inf"),
+        due: float | None = NEVER,
     ) -> tuple[CustomerState, list[Finding]]:
         """One event of this customer: deadlines due by `clock` fire first, then every rule
         sees the event. Returns the new state and what was found, in order. `due`: the
@@ -295,6 +296,10 @@ class DeadlineIndex:
             return
         self.live[customer] = deadline
         heapq.heappush(self.heaps.setdefault(partition, []), (deadline, customer))
+
+    def next(self, customer: bytes) -> float | None:
+        """The customer's next deadline as recorded (None: nothing pending)."""
+        return self.live.get(customer)
 
     def has_due(self, partition: int, clock: float) -> bool:
         """Whether `due` may yield a customer (an entry left by a later deadline may be all)."""

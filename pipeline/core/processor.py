@@ -294,7 +294,7 @@ class Processor:
             # Written by this partition's processor or read back by `recovered`: the index
             # holds its next deadline (none: nothing pending), and `_fire_due` has just fired
             # whatever was due by `now`.
-            due = self.index.live.get(customer)
+            due = self.index.next(customer)
         new, findings = self.engine.observe(updated, data, now, due)
         if findings:
             position = (
