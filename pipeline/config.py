@@ -118,6 +118,9 @@ class CasesSettings(_Section):
 
     retention: Duration | None = None  # closed cases, after their last step; None: topics.retention
     max_per_customer: int = Field(default=50, ge=1, le=200)
+    # how often each worker drops closed cases past the retention from the books it owns (a
+    # customer no record comes for keeps them otherwise; the API never shows them)
+    sweep_every: Duration = Field(default=timedelta(minutes=10), gt=timedelta(0))
     messages: dict[str, _Words] = {}  # rule name -> template
     default_message: _Words = "We noticed a problem on {detected_at} and are looking into it."
     states: CaseStates = CaseStates()

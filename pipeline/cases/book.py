@@ -16,7 +16,8 @@ of the timeline. The context stored is the first record's (the customer as the e
 what its first handler saw); later records of the same exception carry that same context.
 
 Bounds, all on the records' own times (the book's `clock` is the newest log time it has seen):
-- a closed case is dropped `retention_s` after its last step;
+- a closed case is dropped `retention_s` after its last step (and, for a customer no record
+  comes for, by `expire` on the wall clock: the case API and the worker's sweep);
 - at most `max_cases` cases: the oldest closed go first, open ones only when all are open;
 - at most MAX_STEPS steps per case (the first HEAD and the last MAX_STEPS - HEAD), MAX_EVIDENCE
   evidence ids, a context of at most MAX_CONTEXT bytes (its lists cut from the end), notes of
@@ -150,6 +151,19 @@ def find(book: Book, exception_id: str) -> Case | None:
 
 def ids(book: Book) -> list[str]:
     return list(book.cases)
+
+
+def expire(book: Book, now: float, *, retention_s: float, max_cases: int) -> Book:
+    """The book as of wall time `now`: closed cases and waiting resolutions older than
+    `retention_s` before `now` (or before the book's own clock, if later) left out. The book
+    itself when nothing goes, so a caller can tell by identity; an empty book when nothing
+    stays (`is_empty`). What a customer no record came for since would otherwise keep."""
+    return _bounded(book, retention_s, max_cases, now)
+
+
+def is_empty(book: Book) -> bool:
+    """Nothing to show or to wait for: the table needs no entry for it."""
+    return not book.cases and not book.pending
 
 
 def apply_record(
@@ -347,8 +361,8 @@ def _attach(book: Book, exception_id: str) -> Book:
 # -- bounds ------------------------------------------------------------------------------------
 
 
-def _bounded(book: Book, retention_s: float, max_cases: int) -> Book:
-    horizon = book.clock - retention_s
+def _bounded(book: Book, retention_s: float, max_cases: int, now: float | None = None) -> Book:
+    horizon = (book.clock if now is None else max(book.clock, now)) - retention_s
     drop = [c for c in book.cases.values() if not c.is_open and c.last < horizon]
     expired = {c.exception_id for c in drop}
     pending = tuple(p for p in book.pending if p.at >= horizon)[-MAX_PENDING:]

@@ -220,8 +220,8 @@ class CaseApi:
             return await self._pass_on(route, owner, _target(path, query), headers)
         if not self.keeper.ready:
             return self._unavailable(route, "this worker is still recovering its cases")
-        found = books.cases(self.keeper.book(key), status)
         now = self.clock()
+        found = books.cases(self.keeper.book(key, now), status)
         if route == "page":
             staff = [views.staff_view(c, self.config, now) for c in found]
             html = page.render_customer_page(customer_id, staff, now, days=_days(self.config))
@@ -236,9 +236,10 @@ class CaseApi:
         if customer is not None:
             owner = self.peers.owner(customer)
             if owner == SELF and self.keeper.ready:
-                case = books.find(self.keeper.book(customer), exception_id)
+                now = self.clock()
+                case = books.find(self.keeper.book(customer, now), exception_id)
                 if case is not None:
-                    return Reply(200, orjson.dumps(self._view(case, scope, self.clock())))
+                    return Reply(200, orjson.dumps(self._view(case, scope, now)))
             elif owner is not None and owner != SELF and FORWARDED not in headers:
                 reply = await self._pass_on(route, owner, target, headers)
                 if reply.status != 404:

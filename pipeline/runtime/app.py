@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from typing import Any, cast
 
 import faust
@@ -17,7 +18,7 @@ from pipeline.runtime.cases import CaseKeeper
 from pipeline.runtime.durable import App, StateTable
 from pipeline.runtime.metrics import Metrics
 from pipeline.runtime.offsets import SafeConsumer, wait_ms
-from pipeline.runtime.topics import TICK_RETENTION, internal_name
+from pipeline.runtime.topics import TICK_RETENTION, internal_name, partition_of_key
 from pipeline.runtime.worker import TICK, Worker
 from pipeline.sinks.kafka import DeadLetterSink, TopicSink
 
@@ -232,6 +233,20 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
         for tp in app.consumer.assignment():
             if tp.topic == name:
                 await ticks.send(key=None, value=b"", partition=tp.partition)
+
+    @app.timer(config.cases.sweep_every.total_seconds())  # type: ignore[untyped-decorator]
+    async def sweep_cases() -> None:
+        # The books of the partitions this worker owns (a standby's owner sweeps it): a book's
+        # partition is its customer's, as the exception log's producer placed it.
+        name = exceptions.get_topic_name()
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
+
+        def owned(key: bytes) -> int | None:
+            partition = partition_of_key(key, p.partitions)
+            return partition if partition in mine else None
+
+        if mine:
+            await keeper.sweep(time.time(), owned)
 
     @app.task  # type: ignore[untyped-decorator]  # faust ships no type hints for decorators
     async def ready() -> None:

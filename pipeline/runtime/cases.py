@@ -12,10 +12,11 @@ Folding is idempotent, so a record read twice changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -23,9 +24,22 @@ from pipeline.cases import book as books
 from pipeline.config import Config
 from pipeline.core.processor import Consumed
 from pipeline.runtime.metrics import Metrics
-from pipeline.runtime.worker import Table
 
 log = logging.getLogger(__name__)
+
+SWEEP_SLICE = 500  # books swept between two turns of the event loop
+
+
+class BookTable(Protocol):
+    """The `cases` table as the keeper writes it (`durable.StateTable`)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+    async def put(self, key: bytes, value: bytes | None, partition: int) -> None: ...
+
+    async def delete(self, key: bytes, partition: int) -> None: ...
 
 
 @dataclass
@@ -34,7 +48,7 @@ class CaseKeeper:
 
     config: Config
     metrics: Metrics
-    table: Table
+    table: BookTable
     # exception id -> customer key, for every book held here (a standby copy included: it
     # tells which customer to route a request by case id to)
     index: dict[str, bytes] = field(default_factory=dict)
@@ -61,9 +75,57 @@ class CaseKeeper:
         (`Worker.resolution`; an invalid one was dead-lettered there and never comes here)."""
         await self._fold(msg, resolution, books.apply_resolution, "resolution")
 
-    def book(self, customer: bytes) -> Any:
-        """The customer's book as this worker holds it (empty if none)."""
-        return books.loads(self.table.get(customer))
+    def book(self, customer: bytes, now: float | None = None) -> Any:
+        """The customer's book as this worker holds it (empty if none); as of wall time `now`
+        when given: closed cases past the retention left out, though no record has come for
+        the customer since to drop them."""
+        book = books.loads(self.table.get(customer))
+        return book if now is None else books.expire(book, now, **self._limits)
+
+    async def sweep(self, now: float, owned: Callable[[bytes], int | None]) -> int:
+        """Drop what `book(key, now)` leaves out from every book this worker owns, in the
+        table and its changelog: a book with nothing left is deleted (a tombstone), so the
+        table keeps only customers with a case in the retention window. `owned(key)` is the
+        key's partition when this worker owns it, else None (a standby copy: its owner sweeps
+        it). Books are read a slice at a time, the event loop free in between. Returns the
+        cases dropped."""
+        if not self.ready:
+            return 0
+        dropped = 0
+        keys = [key for key, _ in self.table.items()]
+        for start in range(0, len(keys), SWEEP_SLICE):
+            for key in keys[start : start + SWEEP_SLICE]:
+                dropped += await self._expire(key, now, owned)
+            await asyncio.sleep(0)
+        if dropped:
+            self.metrics.cases_expired.inc(dropped)
+            log.info("cases: %d closed cases past the retention dropped", dropped)
+        return dropped
+
+    async def _expire(self, key: bytes, now: float, owned: Callable[[bytes], int | None]) -> int:
+        old = self.table.get(key)
+        if old is None:
+            return 0  # deleted since the keys were listed
+        partition = owned(key)
+        if partition is None:
+            return 0
+        try:
+            book = books.loads(old)
+            kept = books.expire(book, now, **self._limits)
+        except Exception:
+            log.exception("cases: could not sweep a book")
+            self.metrics.case_errors.labels("sweep").inc()
+            return 0
+        if kept is book:
+            return 0
+        gone = set(books.ids(book)) - set(books.ids(kept))
+        for exception_id in gone:
+            self.index.pop(exception_id, None)
+        if books.is_empty(kept):
+            await self.table.delete(key, partition)
+        else:
+            await self.table.put(key, books.dumps(kept), partition)
+        return len(gone)
 
     def recovered(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """After an assignment: the index from the table's local contents."""

@@ -44,6 +44,7 @@ class Metrics:
     api_requests: Counter
     api_latency: Histogram
     case_errors: Counter
+    cases_expired: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -202,6 +203,11 @@ class Metrics:
                 "casewatch_case_fold_errors_total",
                 "Records of the exception log or resolutions the case view could not take.",
                 ["what"],
+                registry=reg,
+            ),
+            cases_expired=Counter(
+                "casewatch_cases_expired_total",
+                "Closed cases dropped from the case view by the sweep, past the retention.",
                 registry=reg,
             ),
         )

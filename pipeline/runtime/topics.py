@@ -9,8 +9,20 @@ from functools import partial
 
 from aiokafka import TopicPartition, errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from pipeline.config import Config, Runtime
+
+
+def partition_for(customer_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a record keyed by `customer_id`."""
+    return partition_of_key(customer_id.encode(), partitions)
+
+
+def partition_of_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a record with this key."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.config import Config
@@ -32,12 +31,7 @@ from pipeline.core.processor import Output, Processor, Record
 from pipeline.routers.dispatch import Dispatcher, Routed
 from pipeline.routers.step import decide, in_order
 from pipeline.routers.tree import redact
-
-
-def partition_for(customer_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a record keyed by `customer_id`."""
-    hashed: int = murmur2(customer_id.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
+from pipeline.runtime.topics import partition_for
 
 
 @dataclass

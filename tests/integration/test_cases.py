@@ -1,10 +1,12 @@
 """The case status API against the real broker, with two workers in one group: a customer's
 cases are found through either worker, their timelines follow what happens (open, overflow,
 escalation, acknowledgement, resolution), the same timeline is served after the owner is killed
-with SIGKILL, and scopes and errors are enforced."""
+with SIGKILL, and scopes and errors are enforced; closed cases leave the view and the table
+after the retention."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer
 
 from tests.integration import scenario
 from tests.integration.test_detect import casewatch
@@ -206,3 +210,75 @@ def test_cases_through_either_worker_as_they_happen_and_after_a_kill(
             return all(timelines(survivor, c) == before[c] for c in before)
 
         wait_for("the same timelines from the survivor", served_again, 90)
+
+
+def test_closed_cases_leave_the_view_and_the_table_after_the_retention(
+    config_file: Path, bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """A customer no record comes for after its case closed: the case leaves the API at the
+    retention, and the worker's sweep deletes the customer's book (a tombstone on the
+    changelog), so the table does not keep every customer who ever had a case."""
+    config = configure(config_file, {})
+    data = yaml.safe_load(config.read_text())
+    data["cases"] = {"retention": "6s", "sweep_every": "1s"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    port = free_port()
+    env = {
+        **os.environ,
+        **TOKENS,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CASEWATCH_STORE": "memory://",
+        "CASEWATCH_API_PORT": str(port),
+    }
+    casewatch("topics", "--config", str(config), bootstrap=bootstrap)
+    with start_worker(config, env, tmp_path / "w") as worker:
+        now = scenario.now()
+        file = scenario.write(
+            tmp_path / "fails.jsonl", [failed_delivery(1, now), failed_delivery(2, now)]
+        )
+        casewatch("produce", str(file), "--config", str(config), bootstrap=bootstrap)
+        wait_for("both cases", lambda: all(cases_of(port, c) for c in ("c-1", "c-2")), 60)
+        (case,) = cases_of(port, "c-1")
+        casewatch(
+            "handle",
+            case["handler"],
+            "--config",
+            str(config),
+            "--resolve",
+            case["exception_id"],
+            bootstrap=bootstrap,
+        )
+        wait_for(
+            "c-1's case resolved",
+            lambda: [c["status"] for c in cases_of(port, "c-1")] in ([], ["resolved"]),
+            60,
+        )
+        # Closed: gone within the retention (6 s) and a sweep (1 s); open: kept.
+        wait_for("c-1's closed case to leave the view", lambda: not cases_of(port, "c-1"), 30)
+        assert call(port, f"/v1/cases/{case['exception_id']}")[0] == 404
+        wait_for(
+            "the sweep to count it",
+            lambda: worker.metric("casewatch_cases_expired_total") == 1,
+            30,
+        )
+        assert [c["status"] for c in cases_of(port, "c-2")] == ["open"]
+        changelog = asyncio.run(keyed(bootstrap, f"{unique}-cases-changelog"))
+        assert changelog[b"c-1"][-1] is None  # the book deleted, not rewritten empty
+        assert changelog[b"c-2"][-1] is not None
+
+
+async def keyed(bootstrap: str, topic: str) -> dict[bytes, list[bytes | None]]:
+    """Every record of `topic`, values by key in order."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: dict[bytes, list[bytes | None]] = {}
+    try:
+        while batches := await consumer.getmany(timeout_ms=2000):
+            for batch in batches.values():
+                for m in batch:
+                    found.setdefault(m.key or b"", []).append(m.value)
+    finally:
+        await consumer.stop()
+    return found

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.cases import book as B
 from pipeline.config import load_config
 from pipeline.routers.dispatch import Dispatcher
 from pipeline.runtime.api import FORWARDED, SELF, CaseApi, Reply, Tokens, Unreachable
@@ -42,8 +43,20 @@ class MemoryTable:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.data[key] = value
+    writes: list[tuple[bytes, bytes | None, int]] = field(default_factory=list)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return list(self.data.items())
+
+    async def put(self, key: bytes, value: bytes | None, partition: int) -> None:
+        self.writes.append((key, value, partition))
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    async def delete(self, key: bytes, partition: int) -> None:
+        await self.put(key, None, partition)
 
 
 @dataclass
@@ -93,7 +106,13 @@ def routed(customer: str, n: int) -> dict[str, Any]:
     return out.record
 
 
-def api(peers: Peers, *records: dict[str, Any]) -> tuple[CaseApi, Metrics]:
+def closed(record: dict[str, Any]) -> dict[str, Any]:
+    """The log's record of the same case resolved by its handler."""
+    route = {**record["route"], "reason": f"resolved by {record['route']['handler']}"}
+    return {**record, "status": "resolved", "route": route}
+
+
+def api(peers: Peers, *records: dict[str, Any], hours: float = 1) -> tuple[CaseApi, Metrics]:
     metrics = Metrics.create()
     keeper = CaseKeeper(config=CONFIG, metrics=metrics, table=MemoryTable())
     for r in records:
@@ -105,7 +124,7 @@ def api(peers: Peers, *records: dict[str, Any]) -> tuple[CaseApi, Metrics]:
         tokens=Tokens(staff=(STAFF,), customer=(CUSTOMER,)),
         peers=peers,
         metrics=metrics,
-        clock=lambda: (NOW + timedelta(hours=1)).timestamp(),
+        clock=lambda: (NOW + timedelta(hours=hours)).timestamp(),
     )
     return served, metrics
 
@@ -258,6 +277,46 @@ def test_a_worker_still_recovering_does_not_answer_from_what_it_has() -> None:
     reply = get(served, "customer_cases", customer_id="c-1")
     assert reply.status == 503
     assert reply.headers["Retry-After"]
+
+
+def test_a_closed_case_past_the_retention_is_not_served() -> None:
+    record = routed("c-1", 1)
+    # No record came for c-1 since: the book still holds the case; the API leaves it out.
+    for hours, shown, by_id in ((24, ["resolved"], 200), (24 * 8, [], 404)):
+        served, _ = api(Peers(mine={b"c-1"}), record, closed(record), hours=hours)
+        cases = body(get(served, "customer_cases", customer_id="c-1"))["cases"]
+        assert [c["status"] for c in cases] == shown
+        assert get(served, "case", exception_id=record["exception_id"]).status == by_id
+
+
+def test_the_sweep_deletes_what_is_past_the_retention_from_the_books_this_worker_owns() -> None:
+    metrics = Metrics.create()
+    table = MemoryTable()
+    keeper = CaseKeeper(config=CONFIG, metrics=metrics, table=table)
+    one, two, kept, theirs = routed("c-1", 1), routed("c-2", 2), routed("c-2", 3), routed("c-3", 4)
+    for r in (one, closed(one), two, closed(two), kept, theirs, closed(theirs)):
+        asyncio.run(keeper.record(Msg(r["customer_id"].encode(), orjson.dumps(r))))
+    before = dict(table.data)
+    table.writes.clear()
+
+    def owned(key: bytes) -> int | None:
+        return None if key == b"c-3" else 7  # c-3: a standby copy, its owner sweeps it
+
+    week = (NOW + timedelta(days=7, seconds=1)).timestamp()
+    assert asyncio.run(keeper.sweep(week, owned)) == 0  # closed ones keep until the retention
+    keeper.ready = True
+    assert asyncio.run(keeper.sweep(week - 2, owned)) == 0
+    assert table.writes == []
+    assert asyncio.run(keeper.sweep(week, owned)) == 2
+    assert b"c-1" not in table.data  # nothing left: deleted, with its partition
+    assert (b"c-1", None, 7) in table.writes
+    assert B.ids(B.loads(table.data[b"c-2"])) == [kept["exception_id"]]
+    assert table.data[b"c-3"] == before[b"c-3"]
+    assert sorted(keeper.index) == sorted([kept["exception_id"], theirs["exception_id"]])
+    assert metrics.cases_expired._value.get() == 2
+    table.writes.clear()
+    assert asyncio.run(keeper.sweep(week + 60, owned)) == 0
+    assert table.writes == []
 
 
 def test_a_record_read_twice_changes_nothing() -> None:

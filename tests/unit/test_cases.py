@@ -237,6 +237,20 @@ def test_closed_cases_go_after_retention_and_open_ones_stay() -> None:
     assert B.dumps(again) == B.dumps(book)
 
 
+def test_on_the_wall_clock_closed_cases_go_for_a_customer_no_record_comes_for() -> None:
+    still, closed = open_record(1, 0), open_record(2, 0)
+    book = fold([still, closed, closing(closed, 1)])
+    limits = {"retention_s": WEEK, "max_cases": 50}
+    assert B.expire(book, at(1).timestamp() + WEEK - 1, **limits) is book  # nothing to drop yet
+    later = B.expire(book, at(1).timestamp() + WEEK + 1, **limits)
+    assert B.ids(later) == [still["exception_id"]]
+    assert not B.is_empty(later)
+    # The closed case alone: nothing stays, and a late repeat of it does not come back.
+    alone = B.expire(fold([closed, closing(closed, 1)]), at(1).timestamp() + WEEK + 1, **limits)
+    assert B.is_empty(alone)
+    assert B.ids(B.apply_record(alone, closed, **limits)) == []
+
+
 def test_a_long_timeline_keeps_its_first_and_last_steps() -> None:
     record = open_record(1, 0)
     acks = [
