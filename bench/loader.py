@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.workload import Msg
 from pipeline.core.ingest import parse_event
-from pipeline.tools.replay import partition_for
+from pipeline.runtime.topics import partition_for
 
 BATCH_BYTES = 512 * 1024
 

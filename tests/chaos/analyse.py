@@ -28,7 +28,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pipeline.tools.replay import partition_for  # noqa: E402
+from pipeline.runtime.topics import partition_for  # noqa: E402
 
 Key = tuple[str, str]
 
