@@ -54,6 +54,7 @@ class CaseKeeper:
     index: dict[str, bytes] = field(default_factory=dict)
     # the table has been recovered since the last assignment: a book read here is current
     ready: bool = False
+    revocations: int = 0  # partitions revoked so far: a sweep stops at the next one
 
     def __post_init__(self) -> None:
         self._limits: dict[str, Any] = {
@@ -92,11 +93,14 @@ class CaseKeeper:
         if not self.ready:
             return 0
         dropped = 0
+        generation = self.revocations
         keys = [key for key, _ in self.table.items()]
-        for start in range(0, len(keys), SWEEP_SLICE):
-            for key in keys[start : start + SWEEP_SLICE]:
-                dropped += await self._expire(key, now, owned)
-            await asyncio.sleep(0)
+        for n, key in enumerate(keys, start=1):
+            if not self.ready or self.revocations != generation:
+                break  # a rebalance since: `owned` is out of date, the new owner sweeps
+            dropped += await self._expire(key, now, owned)
+            if n % SWEEP_SLICE == 0:
+                await asyncio.sleep(0)
         if dropped:
             self.metrics.cases_expired.inc(dropped)
             log.info("cases: %d closed cases past the retention dropped", dropped)
@@ -140,6 +144,7 @@ class CaseKeeper:
 
     def revoked(self) -> None:
         self.ready = False
+        self.revocations += 1
 
     async def _fold(self, msg: Consumed, item: Any, apply: Any, what: str) -> None:
         if not msg.key:

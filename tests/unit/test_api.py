@@ -19,7 +19,7 @@ from pipeline.cases import book as B
 from pipeline.config import load_config
 from pipeline.routers.dispatch import Dispatcher
 from pipeline.runtime.api import FORWARDED, SELF, CaseApi, Reply, Tokens, Unreachable
-from pipeline.runtime.cases import CaseKeeper
+from pipeline.runtime.cases import SWEEP_SLICE, CaseKeeper
 from pipeline.runtime.metrics import Metrics
 
 CONFIG = load_config()
@@ -317,6 +317,25 @@ def test_the_sweep_deletes_what_is_past_the_retention_from_the_books_this_worker
     table.writes.clear()
     assert asyncio.run(keeper.sweep(week + 60, owned)) == 0
     assert table.writes == []
+
+
+def test_a_sweep_stops_at_a_rebalance() -> None:
+    keeper = CaseKeeper(config=CONFIG, metrics=Metrics.create(), table=MemoryTable())
+    for n in range(SWEEP_SLICE + 100):
+        r = routed(f"c-{n}", n)
+        for record in (r, closed(r)):
+            asyncio.run(keeper.record(Msg(r["customer_id"].encode(), orjson.dumps(record))))
+    keeper.ready = True
+    week = (NOW + timedelta(days=8)).timestamp()
+
+    async def revoked_during_the_sweep() -> int:
+        sweep = asyncio.ensure_future(keeper.sweep(week, lambda key: 0))
+        await asyncio.sleep(0)  # the sweep's first slice, up to its first turn of the loop
+        keeper.revoked()  # what the worker owns is about to change: no write after this
+        return await sweep
+
+    assert asyncio.run(revoked_during_the_sweep()) == SWEEP_SLICE
+    assert len(keeper.table.data) == 100  # type: ignore[attr-defined]
 
 
 def test_a_record_read_twice_changes_nothing() -> None:
