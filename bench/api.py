@@ -215,7 +215,8 @@ async def _requests(
     staff = {"Authorization": f"Bearer {TOKENS['CASEWATCH_STAFF_TOKENS']}"}
     customer = {"Authorization": f"Bearer {TOKENS['CASEWATCH_CUSTOMER_TOKENS']}"}
     customers = sorted({c for c, _ in cases})
-    routes, weights = zip(*MIX, strict=True)
+    routes = [route for route, _ in MIX]
+    weights = [weight for _, weight in MIX]
     timings: dict[str, list[float]] = {r: [] for r in routes}
     statuses: dict[str, int] = {}
     errors: list[str] = []
@@ -269,7 +270,10 @@ async def _requests(
 def _quantiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None, "count": 0}
-    at = lambda q: round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)  # noqa: E731
+
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
+
     return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0), "count": len(values)}
 
 

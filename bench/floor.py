@@ -46,7 +46,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -113,7 +113,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         use_partitioner=variant.startswith("take"),
     )
     # only our App sends held table writes before its commits (stock-noop is Faust's own)
-    direct = StateTable(app, table) if variant in ("fast-table", "batch-table") else None
+    direct = StateTable(cast(App, app), table) if variant in ("fast-table", "batch-table") else None
     seen = [0]
     marks: dict[str, float] = {}
 
@@ -163,8 +163,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
 
     if variant.startswith("batch"):
         app.topics.add(sources)
-        app.batch_topics = frozenset(sources.topics)
-        app.on_batch = on_batch
+        cast(App, app).batch_topics = frozenset(sources.topics)
+        cast(App, app).on_batch = on_batch
     else:
         app.agent(sources, name="floor")(batched if variant.startswith("take") else per_event)
     from faust.worker import Worker

@@ -148,7 +148,7 @@ def paced_load(
         p99_ms=None if p99 is None else 1000 * p99,
         events=len(msgs),
         publisher_lag_ms=1000 * sent.lag_max,
-        behind_at_end=max(0, len(msgs) - during),
+        behind_at_end=max(0, len(msgs) - int(during)),
         catch_up_s=caught_up,
         cpu_share=cpu / seconds,
         runqueue_share=queued / seconds,

@@ -8,10 +8,11 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TARGETS = (
+TARGETS: tuple[tuple[str, str, str, Callable[[float], bool]], ...] = (
     # key, label, target text, test
     ("ratio", "throughput / ceiling", ">= 0.25", lambda v: v >= 0.25),
     ("p99_ms", "p99 processing latency at 70% of peak", "<= 50 ms", lambda v: v <= 50),

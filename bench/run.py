@@ -399,9 +399,13 @@ class Bench:
             )
             asyncio.run(loader.load(self.bootstrap, topics, probe))
             sent += len(probe)
+
+            def probed(n: int = sent) -> bool:
+                return consumed(pair) >= n
+
             wait_for(
                 "the probe to be consumed",
-                lambda n=sent: consumed(pair) >= n,
+                probed,
                 self.mode.timeout,
                 pair,
             )

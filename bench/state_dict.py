@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="where to write the dictionary")
     args = parser.parse_args(argv)
-    trained = zstandard.train_dictionary(SIZE, samples(load_config()), level=1)
+    found: list[bytes | bytearray | memoryview] = list(samples(load_config()))
+    trained = zstandard.train_dictionary(SIZE, found, level=1)
     args.out.write_bytes(trained.as_bytes())
     print(f"{args.out}: {len(trained.as_bytes()):,} bytes")
 

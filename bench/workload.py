@@ -245,9 +245,9 @@ class Generator:
         kinds = (self.contacts, self.profile, self.order, self.maintenance, self.complaint)
         weights = (50, 10, 5.5, 3.5, 2.8)
         # Episodes may begin up to half a model day before the window: traffic is under way.
-        lead = 12 * HOUR * self.scale if lead else 0.0
+        ahead = 12 * HOUR * self.scale if lead else 0.0
         while len(self.out) < events * (1 - duplicates):
-            t = rng.uniform(self.start - lead, self.end)
+            t = rng.uniform(self.start - ahead, self.end)
             rng.choices(kinds, weights)[0](self._customer(), t)
         self.out.sort(key=lambda m: m.t)
         # An upstream retry: the same message again, a few messages later.
@@ -282,7 +282,8 @@ class Story:
         start = time.time() + 1.0
         # a model day in `day` real seconds; the window is set per chunk
         self.gen = Generator(customers, seed, prefix, start, day)
-        self.gen.carry = self.carry = []  # events of later chunks, kept until theirs
+        self.carry: list[Msg] = []
+        self.gen.carry = self.carry  # events of later chunks, kept until theirs
         self.edge = start
         self.first = True  # only the first chunk has episodes under way before it
 
