@@ -189,10 +189,15 @@ class Dispatcher:
         heap = self._oldest.get(handler)
         if not heap:
             return None
-        held, since = self.open.get(handler, ()), self.since
-        while heap and (heap[0][1] not in held or since.get(heap[0][1]) != heap[0][0]):
+        while heap and not self._holds(handler, heap[0]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
+
+    def _holds(self, handler: str, item: tuple[float, str]) -> bool:
+        """Whether a heap item of `handler` is current: the exception is open with it, routed
+        to it at that time (not an exception that left, or was routed to it again since)."""
+        since, exception_id = item
+        return exception_id in self.open.get(handler, ()) and self.since.get(exception_id) == since
 
     # -- internals -------------------------------------------------------------------------
 
@@ -315,8 +320,7 @@ class Dispatcher:
         heapq.heappush(heap, (since, exception_id))
         held = self.open.get(handler, ())
         if len(heap) > 2 * len(held) + 64:  # mostly ids that left: keep the live ones, once
-            live = {(s, i) for s, i in heap if i in held and self.since.get(i) == s}
-            heap[:] = live
+            heap[:] = {item for item in heap if self._holds(handler, item)}
             heapq.heapify(heap)
 
     def _leave(self, exception_id: str, handler: str) -> None:

@@ -93,6 +93,10 @@ class Peers(Protocol):
         """GET `target` (path and query) of the worker at `url`; raises Unreachable."""
         ...
 
+    async def close(self) -> None:
+        """Release what `fetch` holds (the web server's cleanup)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Tokens:
@@ -403,11 +407,9 @@ def install(app: Any, api: CaseApi) -> None:
 
     web_app = app.web.web_app
     router = web_app.router
-    close = getattr(api.peers, "close", None)
-    if close is not None:
-        # The client that passes requests on to other workers, closed with the web server
-        # (aiohttp warns of an unclosed session at exit otherwise).
-        web_app.on_cleanup.append(lambda _app: close())
+    # The client that passes requests on to other workers, closed with the web server
+    # (aiohttp warns of an unclosed session at exit otherwise).
+    web_app.on_cleanup.append(lambda _app: api.peers.close())
     for name, path in ROUTES.items():
 
         async def get(request: web.Request, _route: str = name) -> Any:

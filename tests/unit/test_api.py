@@ -84,6 +84,9 @@ class Peers:
             raise answer
         return answer
 
+    async def close(self) -> None:
+        pass
+
 
 def routed(customer: str, n: int) -> dict[str, Any]:
     """A failed delivery as the dispatcher routes it (the exception log's record)."""
