@@ -10,7 +10,9 @@ still on time (no deadline after them has fired yet). The clock never goes back.
 Faust only moves windows when a later event arrives (faust #250, #385), so a partition whose
 input goes quiet would never fire its deadlines. An input is idle when it is caught up (the
 worker has read every record the broker holds for it) and has brought no event for
-`idle_after`; an idle input stops holding the clock back. An input with records still unread is
+`idle_after`; an idle input stops holding the clock back. When a partition's input resumes after
+all of it was quiet for `idle_after`, the other inputs get `idle_after` again from then: a
+backlog published to both topics is not fetched from both at once. An input with records still unread is
 never idle, however long it delivers nothing (the worker's fetches may be serving its other
 inputs, or it is catching up after a restart): passing it would fire deadlines whose closing
 events are still in its backlog. When every input is idle:
@@ -48,7 +50,7 @@ class PartitionClock:
     highs: dict[str, float] = field(default_factory=dict)  # input -> newest event time
     arrived: dict[str, float] = field(default_factory=dict)  # input -> wall time of last event
     restored: tuple[float, float] | None = None  # (mark, wall time it was recorded)
-    started: bool = False  # an event observed
+    last: float = NEVER  # wall time of the newest arrival on any input (NEVER: none yet)
 
     def expect(self, sources: tuple[str, ...], wall: float) -> None:
         """Inputs known in advance (live: the source topics): until one has been seen or has been
@@ -63,16 +65,19 @@ class PartitionClock:
     ) -> bool:
         """Take one event's time from input `source` as it arrives; return whether it is late."""
         late = event_time < self.now(wall, unread)
-        if wall is not None and not self.started:
-            # The partition's first event: inputs expected but not seen yet get their
-            # `idle_after` from now, not from when the worker started.
+        if wall is not None and wall - self.last >= self.idle_after:
+            # The partition's first event, or its first after every input was quiet: the
+            # other inputs get their `idle_after` from now, not from when the worker started
+            # or from their last event, to show what they hold. A backlog published to two
+            # topics at once is not fetched from both at the same moment; passing the one
+            # fetched second would fire deadlines whose closing events are in it.
             for other in self.highs:
                 self.arrived[other] = wall
-        self.started = True
         if event_time > self.highs.get(source, NEVER):
             self.highs[source] = event_time
         if wall is not None:
             self.arrived[source] = wall
+            self.last = wall
         return late
 
     def now(self, wall: float | None = None, unread: Collection[str] = ()) -> float:

@@ -58,6 +58,34 @@ def test_an_input_quiet_for_idle_after_stops_holding_the_clock() -> None:
     assert c.now(W + 1.5) == T + 10 - L  # ... then stops holding the clock
 
 
+def test_an_input_resuming_after_the_partition_was_quiet_gives_the_others_idle_after() -> None:
+    """A backlog published to both topics after a pause (a restart, an outage, a backfill):
+    the interactions records come in a fetch before the orders ones. The orders input was
+    quiet for longer than idle_after, but it holds the clock for idle_after from the
+    interactions' first record, time for its own backlog to be fetched (a CI run of
+    2026-12-07: a missing_delivery opened for an order whose delivery was in that backlog)."""
+    c = clock()
+    c.expect(("interactions", "orders"), W)
+    c.observe("orders", T, W)
+    c.observe("interactions", T, W)
+    assert c.now(W + 30.0) == T + 29.0  # all quiet: history runs on at wall speed
+    c.observe("interactions", W + 29.0, W + 30.0)  # recent events, after the pause
+    assert c.now(W + 30.5) == T + 29.0  # orders holds it: not the interactions' W - L
+    c.observe("orders", T + 100, W + 30.6)  # its backlog, fetched a moment later
+    assert c.now(W + 30.7) == T + 29.0
+    c.observe("interactions", W + 31.0, W + 31.5)
+    assert c.now(W + 31.7) == W + 31.0 - L  # orders quiet for idle_after again: passed
+
+
+def test_an_input_busy_all_along_does_not_wake_the_others() -> None:
+    c = clock()
+    c.expect(("interactions", "orders"), W)
+    c.observe("orders", T, W)
+    for i in range(1, 40):  # interactions every 0.1 s, orders quiet
+        c.observe("interactions", T + i, W + 0.1 * i)
+    assert c.now(W + 4.0) == T + 39 - L  # orders idle: the interactions drive the clock
+
+
 def test_live_input_gone_quiet_follows_the_wall_clock() -> None:
     c = clock()
     c.observe("orders", W - 8.0, W)  # a real-time event that took 8 s to arrive
