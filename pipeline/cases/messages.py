@@ -18,6 +18,7 @@ import difflib
 import string
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.rules import AbsenceRule, MatchRule, Rule, ThresholdRule
@@ -136,6 +137,7 @@ def problems(settings: CasesSettings, rules: Mapping[str, Rule]) -> list[str]:
     return found
 
 
+@lru_cache(maxsize=8192)  # asked for again with every request about the same cases
 def when(t: float) -> str:
     """A time for people, always in UTC: `day(t)`, then `HH:MM UTC`."""
     d = datetime.fromtimestamp(t, UTC)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from html import escape
 from http import HTTPStatus
 from typing import Any
@@ -339,11 +339,18 @@ def _clock(epoch: float) -> str:
 
 
 def _time(value: Any) -> str:
+    if isinstance(value, str):
+        return _time_text(value)
+    return _val(value) if value is not None else "&mdash;"
+
+
+@lru_cache(maxsize=8192)  # a case's times come again with every page that shows it
+def _time_text(value: str) -> str:
     parsed = _dt(value)
     if parsed is None:
-        return _val(value) if value is not None else "&mdash;"
+        return _val(value)
     shown = parsed.strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f'<time datetime="{escape(str(value))}">{shown}</time>'
+    return f'<time datetime="{escape(value)}">{shown}</time>'
 
 
 def _val(value: Any) -> str:
