@@ -169,7 +169,12 @@ def test_ctrl_c_stops_the_broker_the_demo_started(own_cache: Path) -> None:
         subprocess.run([str(LOCAL_KAFKA), "stop", "--purge"], env=env, capture_output=True)
     _assert_all_gone(pids)
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # its port is free again
+        # Nothing listens on its port any more. SO_REUSEADDR: connections the broker closed
+        # itself wait out TIME_WAIT on that port, which a new listener may bind over (Linux
+        # refuses it only while a socket listens there).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 def test_a_worker_that_exits_stops_the_demo_with_its_reason(bootstrap: str, tmp_path: Path) -> None:
