@@ -25,7 +25,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
+from pipeline.core.processor import Record
 from pipeline.routers.dispatch import Dispatcher
 from pipeline.runtime.api import SELF, CaseApi, Reply, Tokens
 from pipeline.runtime.cases import CaseKeeper
@@ -75,9 +76,9 @@ class Here:
         pass
 
 
-def records(customer: str, n: int, cases: int) -> list[dict[str, Any]]:
+def records(config: Config, customer: str, n: int, cases: int) -> list[dict[str, Any]]:
     """A customer's cases as the exception log carries them: routed, half of them resolved."""
-    dispatcher = Dispatcher(load_config(), {})
+    dispatcher = Dispatcher(config, {})
     out = []
     for i in range(cases):
         at = NOW - timedelta(hours=cases - i, minutes=n % 60)
@@ -119,19 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     keeper = CaseKeeper(config=config, metrics=Metrics.create(), table=Table())
 
-    @dataclass
-    class Msg:
-        key: bytes
-        value: bytes
-        partition: int = 0
-        offset: int = 0
-
     ids: dict[str, str] = {}
     for n in range(args.customers):
         customer = f"c-{n}"
-        for r in records(customer, n, args.cases):
+        for r in records(config, customer, n, args.cases):
             ids.setdefault(customer, r["exception_id"])
-            asyncio.run(keeper.record(Msg(customer.encode(), orjson.dumps(r))))  # type: ignore[arg-type]
+            log = Record("exceptions", 0, 0, customer.encode(), orjson.dumps(r))
+            asyncio.run(keeper.record(log))
     keeper.ready = True
     api = CaseApi(
         config=config,

@@ -102,6 +102,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         consumer_max_fetch_size=4 * 1024 * 1024,
         producer_linger=float(os.environ.get("FLOOR_LINGER_MS", "0")) / 1000,
     )
+    ours = cast(App, app)  # our App, but for stock-noop (which uses neither below)
     sources = app.topic(f"{prefix}.interactions", f"{prefix}.orders", partitions=6, **raw)
     # Outside stream iteration (a batch) Faust needs the partitioner to place a key.
     table = app.Table(
@@ -113,7 +114,7 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
         use_partitioner=variant.startswith("take"),
     )
     # only our App sends held table writes before its commits (stock-noop is Faust's own)
-    direct = StateTable(cast(App, app), table) if variant in ("fast-table", "batch-table") else None
+    direct = StateTable(ours, table) if variant in ("fast-table", "batch-table") else None
     seen = [0]
     marks: dict[str, float] = {}
 
@@ -163,8 +164,8 @@ def child(variant: str, bootstrap: str, prefix: str, total: int, folder: str, re
 
     if variant.startswith("batch"):
         app.topics.add(sources)
-        cast(App, app).batch_topics = frozenset(sources.topics)
-        cast(App, app).on_batch = on_batch
+        ours.batch_topics = frozenset(sources.topics)
+        ours.on_batch = on_batch
     else:
         app.agent(sources, name="floor")(batched if variant.startswith("take") else per_event)
     from faust.worker import Worker

@@ -158,8 +158,8 @@ def expire(book: Book, now: float, *, retention_s: float, max_cases: int) -> Boo
     `retention_s` before `now` (or before the book's own clock, if later) left out. The book
     itself when nothing goes, so a caller can tell by identity; an empty book when nothing
     stays (`is_empty`). What a customer no record came for since would otherwise keep."""
-    horizon = max(book.clock, now) - retention_s
-    if all(c.is_open or c.last >= horizon for c in book.cases.values()) and all(
+    horizon = _horizon(book, retention_s, now)
+    if not any(_outlived(c, horizon) for c in book.cases.values()) and all(
         p.at >= horizon for p in book.pending
     ):
         return book  # as almost always (the API reads every book through here)
@@ -366,9 +366,19 @@ def _attach(book: Book, exception_id: str) -> Book:
 # -- bounds ------------------------------------------------------------------------------------
 
 
+def _horizon(book: Book, retention_s: float, now: float | None) -> float:
+    """What is older than this has outlived the retention: on the book's own clock, or on
+    the wall clock `now` when that is later."""
+    return (book.clock if now is None else max(book.clock, now)) - retention_s
+
+
+def _outlived(case: Case, horizon: float) -> bool:
+    return not case.is_open and case.last < horizon
+
+
 def _bounded(book: Book, retention_s: float, max_cases: int, now: float | None = None) -> Book:
-    horizon = (book.clock if now is None else max(book.clock, now)) - retention_s
-    drop = [c for c in book.cases.values() if not c.is_open and c.last < horizon]
+    horizon = _horizon(book, retention_s, now)
+    drop = [c for c in book.cases.values() if _outlived(c, horizon)]
     expired = {c.exception_id for c in drop}
     pending = tuple(p for p in book.pending if p.at >= horizon)[-MAX_PENDING:]
     ranked = sorted(

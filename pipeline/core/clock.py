@@ -10,12 +10,12 @@ still on time (no deadline after them has fired yet). The clock never goes back.
 Faust only moves windows when a later event arrives (faust #250, #385), so a partition whose
 input goes quiet would never fire its deadlines. An input is idle when it is caught up (the
 worker has read every record the broker holds for it) and has brought no event for
-`idle_after`; an idle input stops holding the clock back. When a partition's input resumes after
-all of it was quiet for `idle_after`, the other inputs get `idle_after` again from then: a
-backlog published to both topics is not fetched from both at once. An input with records still unread is
-never idle, however long it delivers nothing (the worker's fetches may be serving its other
-inputs, or it is catching up after a restart): passing it would fire deadlines whose closing
-events are still in its backlog. When every input is idle:
+`idle_after`; an idle input stops holding the clock back. When a partition's input resumes
+after all of it was quiet for `idle_after`, the other inputs get `idle_after` again from then:
+a backlog published to both topics is not fetched from both at once. An input with records
+still unread is never idle, however long it delivers nothing (the worker's fetches may be
+serving its other inputs, or it is catching up after a restart): passing it would fire
+deadlines whose closing events are still in its backlog. When every input is idle:
 - live input (the newest event is within `allowed_lateness` of the wall clock) follows the wall
   clock, `idle_after` behind it: a deadline that has passed fires about `idle_after` after it
   passed (plus one tick), with no further input at all;

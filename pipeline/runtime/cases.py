@@ -76,12 +76,11 @@ class CaseKeeper:
         (`Worker.resolution`; an invalid one was dead-lettered there and never comes here)."""
         await self._fold(msg, resolution, books.apply_resolution, "resolution")
 
-    def book(self, customer: bytes, now: float | None = None) -> Any:
-        """The customer's book as this worker holds it (empty if none); as of wall time `now`
-        when given: closed cases past the retention left out, though no record has come for
-        the customer since to drop them."""
-        book = books.loads(self.table.get(customer))
-        return book if now is None else books.expire(book, now, **self._limits)
+    def book(self, customer: bytes, now: float) -> Any:
+        """The customer's book as this worker holds it (empty if none), as of wall time `now`:
+        closed cases past the retention left out, though no record has come for the customer
+        since to drop them."""
+        return books.expire(books.loads(self.table.get(customer)), now, **self._limits)
 
     async def sweep(self, now: float, owned: Callable[[bytes], int | None]) -> int:
         """Drop what `book(key, now)` leaves out from every book this worker owns, in the
@@ -107,12 +106,12 @@ class CaseKeeper:
         return dropped
 
     async def _expire(self, key: bytes, now: float, owned: Callable[[bytes], int | None]) -> int:
+        partition = owned(key)
+        if partition is None:
+            return 0  # a standby copy: its owner sweeps it
         old = self.table.get(key)
         if old is None:
             return 0  # deleted since the keys were listed
-        partition = owned(key)
-        if partition is None:
-            return 0
         try:
             book = books.loads(old)
             kept = books.expire(book, now, **self._limits)
@@ -122,14 +121,7 @@ class CaseKeeper:
             return 0
         if kept is book:
             return 0
-        gone = set(books.ids(book)) - set(books.ids(kept))
-        for exception_id in gone:
-            self.index.pop(exception_id, None)
-        if books.is_empty(kept):
-            await self.table.delete(key, partition)
-        else:
-            await self.table.put(key, books.dumps(kept), partition)
-        return len(gone)
+        return await self._store(key, book, kept, books.dumps(kept), partition)
 
     def recovered(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """After an assignment: the index from the table's local contents."""
@@ -158,11 +150,22 @@ class CaseKeeper:
             log.exception("cases: could not fold a %s at offset %d", what, msg.offset)
             self.metrics.case_errors.labels(what).inc()
             return
-        if new == old:
-            return
-        kept = set(books.ids(folded))
-        for exception_id in set(books.ids(book)) - kept:
+        if new != old:
+            await self._store(msg.key, book, folded, new, msg.partition)
+
+    async def _store(
+        self, key: bytes, before: Any, after: Any, value: bytes, partition: int
+    ) -> int:
+        """Write a changed book (`value`: `after` serialised), or delete it when nothing is
+        left in it, and keep the index of its cases; returns how many cases left it."""
+        kept = set(books.ids(after))
+        gone = set(books.ids(before)) - kept
+        for exception_id in gone:
             self.index.pop(exception_id, None)
         for exception_id in kept:
-            self.index[exception_id] = msg.key
-        await self.table.put(msg.key, new, msg.partition)
+            self.index[exception_id] = key
+        if books.is_empty(after):
+            await self.table.delete(key, partition)
+        else:
+            await self.table.put(key, value, partition)
+        return len(gone)
