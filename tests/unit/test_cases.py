@@ -162,6 +162,29 @@ def closing(record: dict[str, Any], hours: float) -> dict[str, Any]:
     return {**record, "status": "resolved", "detected_at": stamp(hours), "route": route}
 
 
+def test_a_reassignment_is_a_step_of_its_own_and_the_case_moves_with_it(story: Log) -> None:
+    second = story.records[1]["exception_id"]  # open with supervisors (overflow)
+    story.resolve(second, "supervisors", "reassigned", 75, "not a supervisor's case")
+    moved = story.records[-1]
+    assert (moved["exception_id"], moved["route"]["reason"]) == (
+        second,
+        "reassigned by supervisors",
+    )
+    book = fold(story.records, story.resolutions)
+    view = staff_view(B.find(book, second), SHIPPED, at(76).timestamp())  # type: ignore[arg-type]
+    handler = moved["route"]["handler"]
+    assert handler != "supervisors"
+    assert steps(view)[-1] == (
+        "reassigned",
+        handler,
+        "supervisors",
+        "supervisors",
+        "not a supervisor's case",
+    )
+    assert view["timeline"][-1]["at"] == stamp(75)
+    assert (view["status"], view["handler"], view["handler_since"]) == ("open", handler, stamp(75))
+
+
 def test_open_first_then_the_rest_newest_first_and_the_status_filter() -> None:
     a, b, c, d = (open_record(n, n) for n in (1, 2, 3, 4))
     escalated = {
