@@ -108,6 +108,7 @@ class Load:
     catch_up_s: float  # from the last send until all were consumed (polled every 0.25 s)
     cpu_share: float  # CPU seconds the worker used per second of sending
     runqueue_share: float  # ... and seconds it waited for a CPU that other processes held
+    publisher_cpu_share: float  # CPU seconds the load generator itself used per second of sending
     sent: dict[tuple[str, int, int], float]
     routing_catch_up_s: float = 0.0  # after the catch-up, until dispatch routed every exception
     batches: int = 0  # batches the worker processed (the latency histogram counts one each)
@@ -152,6 +153,7 @@ def paced_load(
         catch_up_s=caught_up,
         cpu_share=cpu / seconds,
         runqueue_share=queued / seconds,
+        publisher_cpu_share=sent.cpu_seconds / seconds,
         sent=sent.sent,
         batches=int(hist[-1][1]) if hist else 0,
     )

@@ -274,7 +274,8 @@ class Bench:
             f"{load.routing_catch_up_s:.1f} s later; processing p50 {load.p50_ms or 0:.1f} ms "
             f"p99 {load.p99_ms or 0:.1f} ms, {load.events / max(load.batches, 1):,.0f} records "
             f"per batch; worker CPU {load.cpu_share:.0%}, "
-            f"waiting for a CPU {load.runqueue_share:.0%}"
+            f"waiting for a CPU {load.runqueue_share:.0%}; load generator CPU "
+            f"{load.publisher_cpu_share:.0%}"
         )
         return load, already + len(msgs)
 

@@ -1,12 +1,12 @@
 """The case status API, served by every worker on Faust's web server (docs/cases.md).
 
 A request about a customer is answered by the worker that owns the customer's partition of the
-`cases` table: Faust's partition assignor knows which worker that is (`app.router.key_store`,
-from the URLs the workers advertised when they joined the group), and any other worker passes
-the request on to it once, marked as passed on. A request by case id is answered from the
-worker's index of the cases it holds, or asked of every other worker. A worker that cannot
-answer for sure (no assignment yet, its table still recovering, the owner unreachable) says
-503 with Retry-After; it never answers from a copy that may be stale.
+`cases` table: Faust's partition assignor knows which worker that is (its changelog
+distribution: the URLs the workers advertised when they joined the group, by partition), and
+any other worker passes the request on to it once, marked as passed on. A request by case id
+is answered from the worker's index of the cases it holds, or asked of every other worker. A
+worker that cannot answer for sure (no assignment yet, its table still recovering, the owner
+unreachable) says 503 with Retry-After; it never answers from a copy that may be stale.
 
 `CaseApi.handle` is the whole behaviour (auth, ids, routing, views, errors, metrics) over a
 `Peers` interface; `install` mounts it on a Faust app. Never a traceback, never another
@@ -40,6 +40,7 @@ from pipeline.cases import page, views
 from pipeline.config import Config
 from pipeline.runtime.cases import CaseKeeper
 from pipeline.runtime.metrics import Metrics
+from pipeline.runtime.topics import partition_of_key
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,10 @@ class CaseApi:
     peers: Peers
     metrics: Metrics
     clock: Any = time.time
+    # The metrics' children by route (and status), looked up once each.
+    _children: dict[tuple[str, int], tuple[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     async def handle(
         self,
@@ -156,8 +161,14 @@ class CaseApi:
             reply = self._error(route, 500, "internal_error", "Casewatch failed on this request")
         if "Casewatch-Worker" not in reply.headers:  # answered here, not passed on
             reply = replace(reply, headers={**reply.headers, "Casewatch-Worker": self.peers.me()})
-        self.metrics.api_requests.labels(route, str(reply.status)).inc()
-        self.metrics.api_latency.labels(route).observe(time.perf_counter() - start)
+        counted = self._children.get((route, reply.status))
+        if counted is None:
+            counted = self._children[route, reply.status] = (
+                self.metrics.api_requests.labels(route, str(reply.status)),
+                self.metrics.api_latency.labels(route),
+            )
+        counted[0].inc()
+        counted[1].observe(time.perf_counter() - start)
         return reply
 
     async def _route(
@@ -343,10 +354,15 @@ class FaustPeers:
     """`Peers` from a Faust app: its partition assignor's map of table partitions to the
     workers' advertised URLs, and its HTTP client."""
 
-    def __init__(self, app: Any, table: str) -> None:
+    def __init__(self, app: Any, table: str, partitions: int) -> None:
         self.app = app
         self.table = table
+        self.partitions = partitions
         self._sessions: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._me: str | None = None
+        # The assignor's map as last read, and partition -> URL for the table, made from it
+        # once per assignment (the assignor replaces the map at each one).
+        self._map: tuple[object, dict[int, str]] = (None, {})
 
     def _session(self) -> Any:
         """An HTTP client of the running loop's own (the API runs in a thread of its own)."""
@@ -365,13 +381,26 @@ class FaustPeers:
             await session.close()
 
     def me(self) -> str:
-        return str(self.app.conf.canonical_url).rstrip("/")
+        if self._me is None:
+            self._me = str(self.app.conf.canonical_url).rstrip("/")
+        return self._me
 
     def owner(self, customer: bytes) -> str | None:
-        try:
-            url = str(self.app.router.key_store(self.table, customer)).rstrip("/")
-        except (KeyError, AttributeError, TypeError):
-            return None  # no assignment yet, or the topic's metadata is not known yet
+        """The URL of the worker whose `table` partition holds `customer` (the partition
+        Kafka's partitioner gives the key, as for every topic of the pipeline)."""
+        distribution = self.app.assignor.changelog_distribution
+        seen, urls = self._map
+        if distribution is not seen:
+            topic = self.app.tables[self.table].changelog_topic.get_topic_name()
+            urls = {
+                partition: str(url).rstrip("/")
+                for url, topics in distribution.items()
+                for partition in topics.get(topic, ())
+            }
+            self._map = (distribution, urls)
+        url = urls.get(partition_of_key(customer, self.partitions))
+        if url is None:
+            return None  # no assignment yet
         return SELF if url == self.me() else url
 
     def others(self) -> list[str]:

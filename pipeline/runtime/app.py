@@ -128,7 +128,7 @@ def build_app(config: Config, runtime: Runtime, metrics: Metrics) -> faust.App:
                 config=config,
                 keeper=keeper,
                 tokens=Tokens.from_env(),
-                peers=FaustPeers(app, cases_table.name),
+                peers=FaustPeers(app, cases_table.name, p.partitions),
                 metrics=metrics,
             ),
         )

@@ -387,7 +387,7 @@ def test_the_client_that_asks_other_workers_is_closed_with_the_web_server() -> N
 
     from pipeline.runtime.api import FaustPeers, install
 
-    peers = FaustPeers(SimpleNamespace(), "cases")
+    peers = FaustPeers(SimpleNamespace(), "cases", 6)
     served, _ = api(peers)  # type: ignore[arg-type]
     web_app = web.Application()
     install(SimpleNamespace(web=SimpleNamespace(web_app=web_app)), served)
