@@ -88,7 +88,7 @@ def _latency(
                 alpha=1.0 if "p99" in key else 0.6,
             )
     ax.axhline(50, color="red", linestyle=":", label="target: p99 <= 50 ms at 70% of peak")
-    peak = results["worker_events_per_s"]
+    peak = results.get("peak_events_per_s") or results["worker_events_per_s"]
     ax.axvline(0.7 * peak, color="grey", linestyle=":", label="70% of the measured peak")
     ax.set_xlabel("offered load (events/s)")
     ax.set_ylabel("latency (ms, log scale)")

@@ -113,6 +113,12 @@ def table(r: dict[str, Any]) -> str:
         ),
         ("ratio worker / ceiling", _fmt(r["ratio"], 3)),
         (
+            "one worker, a second day (the peak)",
+            f"{_fmt(r.get('peak_events_per_s'))} events/s "
+            f"(10-90%: {_fmt(r.get('warm_steady_events_per_s'))}), "
+            f"{_fmt(r.get('warm_events_per_cpu_s'))} per CPU s: the loads are shares of it",
+        ),
+        (
             "events per CPU second",
             f"ceiling {_fmt(r.get('ceiling_events_per_cpu_s'))}, "
             f"worker {_fmt(r.get('worker_events_per_cpu_s'))} "
