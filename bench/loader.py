@@ -57,15 +57,21 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> None:
         await admin.close()
 
 
-async def load(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> float:
-    """Publish every message keyed by customer, as fast as the producer goes; return seconds."""
-    producer = AIOKafkaProducer(
+def _batching_producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
+    """A producer for our own batches of up to `BATCH_BYTES`; `acks=1` is enough for loading
+    a local broker."""
+    return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks=1,
-        linger_ms=20,
+        linger_ms=linger_ms,
         max_batch_size=BATCH_BYTES,
         max_request_size=4 * BATCH_BYTES,
     )
+
+
+async def load(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> float:
+    """Publish every message keyed by customer, as fast as the producer goes; return seconds."""
+    producer = _batching_producer(bootstrap, linger_ms=20)
     await producer.start()
     try:
         lanes: dict[tuple[str, int], list[Msg]] = {}
@@ -130,13 +136,7 @@ async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
     fraction of `send()`'s, and on a machine it shares with the worker and the broker that CPU
     is taken from them. A message's send time is when it fell due and was handed over.
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks=1,
-        linger_ms=0,
-        max_batch_size=BATCH_BYTES,
-        max_request_size=4 * BATCH_BYTES,
-    )
+    producer = _batching_producer(bootstrap, linger_ms=0)
     await producer.start()
     out = Paced()
     try:
