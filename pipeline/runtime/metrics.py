@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -50,6 +57,9 @@ class Metrics:
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         """Build every metric on `registry` (a fresh one by default)."""
         reg = registry if registry is not None else CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: a worker's CPU against
+        # the one core it can use (the dashboard's Workers row)
+        ProcessCollector(registry=reg)
         return cls(
             registry=reg,
             events=Counter(
