@@ -399,3 +399,38 @@ def test_the_client_that_asks_other_workers_is_closed_with_the_web_server() -> N
         return session
 
     assert asyncio.run(serve_then_stop()).closed
+
+
+def test_the_owner_of_a_customer_is_read_from_the_assignors_map_and_follows_a_rebalance() -> None:
+    """FaustPeers: the worker whose `cases` partition holds the customer (Kafka's partitioner
+    over the pipeline's partition count), this one as SELF, None while nobody is assigned it;
+    a new assignment (the assignor sets a new map) is followed at the next request."""
+    from types import SimpleNamespace
+
+    from pipeline.runtime.api import FaustPeers
+    from pipeline.runtime.topics import partition_of_key
+
+    topic = "casewatch-cases-changelog"
+    table = SimpleNamespace(changelog_topic=SimpleNamespace(get_topic_name=lambda: topic))
+    assignor = SimpleNamespace(changelog_distribution={})
+    app = SimpleNamespace(
+        assignor=assignor,
+        tables={"cases": table},
+        conf=SimpleNamespace(canonical_url="http://me:6066/"),
+    )
+    peers = FaustPeers(app, "cases", 6)
+    customers = [f"c-{i}".encode() for i in range(40)]
+    mine = {c for c in customers if partition_of_key(c, 6) < 3}
+    assert peers.owner(customers[0]) is None  # no assignment yet
+
+    assignor.changelog_distribution = {
+        "http://me:6066/": {topic: [0, 1, 2], "other-topic": [3, 4, 5]},
+        "http://other:6066": {topic: [3, 4]},  # partition 5: nobody yet
+    }
+    owners = {c: peers.owner(c) for c in customers}
+    assert {c for c, o in owners.items() if o == SELF} == mine
+    assert {o for c, o in owners.items() if c not in mine} == {"http://other:6066", None}
+    assert all(owners[c] is None for c in customers if partition_of_key(c, 6) == 5)
+
+    assignor.changelog_distribution = {"http://other:6066": {topic: [0, 1, 2, 3, 4, 5]}}
+    assert {peers.owner(c) for c in customers} == {"http://other:6066"}
