@@ -60,7 +60,7 @@ from bench.run import broker
 
 TOKENS = {"CASEWATCH_STAFF_TOKENS": "bench-staff", "CASEWATCH_CUSTOMER_TOKENS": "bench-customer"}
 MIX = (("staff_list", 0.50), ("customer_list", 0.25), ("case", 0.15), ("page", 0.10))
-DAY = 86400.0
+DAY = workload.DAY
 OUT = Path(__file__).resolve().parent / "results" / "api-latest.json"
 
 
@@ -113,16 +113,33 @@ def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     try:
         up([worker])
         now = time.time()
-        backlog = workload.build(args.customers, args.backlog, now - 2 * DAY, DAY, unique)
-        asyncio.run(loader.load(bootstrap, topics, backlog))
-        cold = phases.drain([worker], len(backlog), 600).steady_events_per_s
+        first = phases.drain_day(
+            worker,
+            bootstrap,
+            topics,
+            customers=args.customers,
+            events=args.backlog,
+            start=now - 2 * DAY,
+            prefix=unique,
+            seed=7,
+            timeout=600,
+            lead=True,
+        )
         # The peak: a second day of the same customers, on the states the first one left
         # (an event costs more the more its customer's state holds; bench/run.py's `warm`).
-        day = workload.Generator(args.customers, 8, f"{unique}w", now - DAY, DAY).build(
-            args.backlog, lead=False
+        second = phases.drain_day(
+            worker,
+            bootstrap,
+            topics,
+            customers=args.customers,
+            events=args.backlog,
+            start=now - DAY,
+            prefix=f"{unique}w",
+            seed=8,
+            timeout=600,
+            base=first.events,
         )
-        asyncio.run(loader.load(bootstrap, topics, day))
-        peak = phases.drain([worker], len(day), 600, len(backlog)).steady_events_per_s
+        cold, peak = first.steady_events_per_s, second.steady_events_per_s
         rate = args.rate or args.share * peak
         wait_for("the backlog's exceptions routed", lambda: _settled(worker), 120, [worker])
         log = asyncio.run(loader.read_all(bootstrap, f"{unique}.exceptions", 6))

@@ -27,8 +27,6 @@ from bench import loader, phases, report, workload
 from bench.procs import Worker, create_topics, stop, up, write_config
 from bench.run import broker
 
-DAY = 86400.0
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,16 +63,23 @@ def run(args: argparse.Namespace, bootstrap: str) -> list[str]:
         up([worker])
         now, base = time.time(), 0
         for day in range(args.days):
-            start = now - (args.days - day) * DAY
-            msgs = workload.Generator(
-                args.customers, 7 + day, f"{unique}-d{day}", start, DAY
-            ).build(args.events, lead=day == 0)
-            asyncio.run(loader.load(bootstrap, topics, msgs))
-            d = phases.drain([worker], len(msgs), 900, base)
-            base += len(msgs)
+            d = phases.drain_day(
+                worker,
+                bootstrap,
+                topics,
+                customers=args.customers,
+                events=args.events,
+                start=now - (args.days - day) * workload.DAY,
+                prefix=f"{unique}-d{day}",
+                seed=7 + day,
+                timeout=900,
+                base=base,
+                lead=day == 0,
+            )
+            base += d.events
             out.append(
-                f"day {day + 1}: {len(msgs):,} events drained at {d.events_per_s:,.0f}/s, "
-                f"{1e6 * d.cpu_seconds / len(msgs):.0f} µs of CPU per event"
+                f"day {day + 1}: {d.events:,} events drained at {d.events_per_s:,.0f}/s, "
+                f"{1e6 * d.cpu_seconds / d.events:.0f} µs of CPU per event"
             )
             phases.routed_all([worker], 120)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -125,6 +125,7 @@ class _Lane:
     due: list[tuple[Msg, float]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent: list[tuple[asyncio.Future[object], list[float]]] = field(default_factory=list)
+    closed: bool = False  # nothing more will fall due
 
 
 async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
@@ -150,10 +151,7 @@ async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
             if lane is None:
                 lane = lanes[where] = _Lane(*where)
             route.append(lane)
-        done = False
-        senders = [
-            asyncio.create_task(_sender(producer, lane, lambda: done)) for lane in lanes.values()
-        ]
+        senders = [asyncio.create_task(_sender(producer, lane)) for lane in lanes.values()]
         cpu = time.process_time()
         i, tick = 0, 0.0
         while i < len(msgs):
@@ -171,8 +169,8 @@ async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
                 lane.wake.set()
                 i += 1
             out.last = now
-        done = True
         for lane in lanes.values():
+            lane.closed = True
             lane.wake.set()
         await asyncio.gather(*senders)
         await producer.flush()
@@ -188,7 +186,7 @@ async def paced(bootstrap: str, topics: Topics, msgs: Sequence[Msg]) -> Paced:
         await producer.stop()
 
 
-async def _sender(producer: AIOKafkaProducer, lane: _Lane, finished: Callable[[], bool]) -> None:
+async def _sender(producer: AIOKafkaProducer, lane: _Lane) -> None:
     """Publish a lane's due messages in order, whatever gathered while the last batch was out."""
     while True:
         await lane.wake.wait()
@@ -203,7 +201,7 @@ async def _sender(producer: AIOKafkaProducer, lane: _Lane, finished: Callable[[]
             due = due[len(times) :]
             future = await producer.send_batch(batch, lane.topic, partition=lane.partition)
             lane.sent.append((future, times))
-        if finished() and not lane.due:
+        if lane.closed and not lane.due:
             return
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import orjson
 
-from bench import loader
+from bench import loader, workload
 from bench.procs import (
     BenchError,
     Worker,
@@ -83,6 +83,29 @@ def drain(workers: list[Worker], events: int, timeout: float, base: float = 0) -
     lo, hi = _crossing(samples, 0.1 * events), _crossing(samples, 0.9 * events)
     steady = 0.8 * events / (hi - lo) if hi > lo else rate
     return Drain(events, t1 - t0, rate, steady, cpu, queued)
+
+
+def drain_day(
+    worker: Worker,
+    bootstrap: str,
+    topics: loader.Topics,
+    *,
+    customers: int,
+    events: int,
+    start: float,
+    prefix: str,
+    seed: int,
+    timeout: float,
+    base: float = 0,
+    lead: bool = False,
+) -> Drain:
+    """A model day of about `events` for `customers` (the same customers on every call), from
+    `start`, published at once while the worker is idle, then drained (`base`: what the worker
+    had consumed before). Episodes start within the day unless `lead` (a first day: traffic
+    under way)."""
+    day = workload.Generator(customers, seed, prefix, start, workload.DAY).build(events, lead=lead)
+    asyncio.run(loader.load(bootstrap, topics, day))
+    return drain([worker], len(day), timeout, base)
 
 
 def _crossing(samples: list[tuple[float, float]], level: float) -> float:

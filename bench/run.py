@@ -63,7 +63,7 @@ from tests.ports import free_base
 
 RESULTS = REPO / "bench" / "results"
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
-DAY = 86400.0
+DAY = workload.DAY
 
 
 @dataclass(frozen=True)
@@ -245,25 +245,32 @@ class Bench:
         measured against the first drain, when every state starts empty, a load is a larger
         share of what the worker can do than its fraction says. Returns the messages sent."""
         m = self.mode
-        day = workload.Generator(m.customers, 8, f"{self.uid}-w", start, DAY).build(
-            m.events, lead=False
+        d = phases.drain_day(
+            w,
+            self.bootstrap,
+            topics,
+            customers=m.customers,
+            events=m.events,
+            start=start,
+            prefix=f"{self.uid}-w",
+            seed=8,
+            timeout=m.timeout,
+            base=already,
         )
-        asyncio.run(loader.load(self.bootstrap, topics, day))
-        d = phases.drain([w], len(day), m.timeout, already)
         self.r |= {
             "peak_events_per_s": d.events_per_s,
             "warm_steady_events_per_s": d.steady_events_per_s,
-            "warm_events_per_cpu_s": len(day) / d.cpu_seconds if d.cpu_seconds else None,
+            "warm_events_per_cpu_s": d.events / d.cpu_seconds if d.cpu_seconds else None,
             "warm_runqueue_share": d.runqueue_seconds / d.seconds if d.seconds else None,
         }
         self.say(
-            f"the second day ({len(day):,} events, the same customers) drained in "
+            f"the second day ({d.events:,} events, the same customers) drained in "
             f"{d.seconds:.1f} s: {d.events_per_s:,.0f}/s (10-90%: {d.steady_events_per_s:,.0f}/s)"
-            f", {1e6 * d.cpu_seconds / len(day):.0f} µs of CPU per event against "
+            f", {1e6 * d.cpu_seconds / d.events:.0f} µs of CPU per event against "
             f"{1e6 * self.r['worker_cpu_seconds'] / already:.0f} on the first: the loads' peak"
         )
         phases.routed_all([w], m.timeout)
-        return already + len(day)
+        return already + d.events
 
     def profiling(self, w: Worker, phase: str) -> subprocess.Popen[bytes] | None:
         """With --profile: py-spy records the worker during `phase`."""

@@ -57,6 +57,7 @@ CHANNELS = ("call", "call", "call", "chat", "chat", "email", "web")
 CARRIERS = ("DHL", "UPS", "PostNL", "DPD", "GLS")
 REGIONS = ("north", "south", "east", "west", "centre")
 HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 @dataclass(frozen=True, slots=True)
